@@ -1,0 +1,1046 @@
+"""The context tree: derivation, cancellation, deadlines, values.
+
+Layout of the state
+-------------------
+There is one class, ``Context``. A context either *owns* cancellation state (those made
+by ``with_cancel``/``with_timeout``/``with_deadline``, and ``background()`` itself) or
+*shares* the state of its nearest owning ancestor (``with_value``, ``todo()``;
+``without_cancel`` shares background's, which never ends). ``ctx._c`` is the owner
+(``ctx._c is ctx`` for owners), so every query is O(1) whatever the depth:
+``err()`` reads ``ctx._c._err``; ``value()`` is one dict lookup, because every context
+carries the full mapping of the values visible from it (copied on ``with_value``).
+
+The state slots are private and written only by the functions of this module; the
+public surface is read-only, which is what "contexts are immutable" means here. The
+owner's slots are kept on the same object (rather than on a separate private node) to
+keep ``err()`` to two attribute loads and a context under 200 bytes; ``docs/design.md``
+records the measurements.
+
+Locking
+-------
+``_LOCK`` is one process-wide leaf lock. It protects, on every owner: ``_err``,
+``_cause``, ``_children``, ``_waiters``, ``_entry``, ``_event``; and every timer heap.
+Whoever holds it never calls user code, never blocks, never takes another lock (except
+releasing the timer thread's wake lock, which cannot block). Cancellation therefore runs
+in two phases: under the lock, mark the whole subtree ended and collect what must be
+woken; then, without the lock, wake it (set thread events, post to event loops, hand
+``after_func`` callbacks to the runner). A reader needs no lock: ``_err`` goes from
+``None`` to an exception once and never changes after.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import sys
+import threading
+import warnings
+from collections.abc import Callable, Generator, Hashable
+from contextvars import ContextVar, Token
+from datetime import UTC, datetime, timedelta
+from heapq import heappush as _heappush
+from types import CodeType, TracebackType
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, final, overload
+
+from . import _clock
+from ._clock import _seq
+from ._errors import Canceled, ContextError, DeadlineExceeded, LostCancelWarning
+
+if TYPE_CHECKING:
+    from ._aio import TaskInterrupt
+
+__all__ = [
+    "CancelFunc",
+    "Context",
+    "Done",
+    "Key",
+    "Scope",
+    "after_func",
+    "background",
+    "cause",
+    "current",
+    "todo",
+    "with_cancel",
+    "with_deadline",
+    "with_timeout",
+    "with_value",
+    "without_cancel",
+]
+
+T = TypeVar("T")
+Waiter = Callable[[], object]
+
+_LOCK = threading.Lock()
+_new = object.__new__
+_getframe = sys._getframe
+
+# Set by the test leak checker (tether.testing) to a WeakKeyDictionary: every owner
+# derived while it is set is recorded with its creation site (code, lasti), so a test can
+# ask which contexts are still live and reachable, and where they were made.
+_track: Any = None
+
+
+# --------------------------------------------------------------------------------------
+# Keys
+
+
+@final
+class Key(Generic[T]):
+    """A typed key for ``with_value``/``Context.value``, compared by identity.
+
+    ``REQUEST_ID = tether.Key[str]("request_id")`` declares a key whose values are
+    ``str``; ``ctx.value(REQUEST_ID)`` is then typed ``str | None``. Two keys with the
+    same name are different keys, so packages cannot collide. The name is for ``repr``
+    only. Create keys once, at module level.
+
+    Added in 0.1.
+    """
+
+    __slots__ = ("name",)
+    __module__ = "tether"
+
+    def __init__(self, name: str) -> None:
+        if not isinstance(name, str):
+            raise TypeError(f"tether: a Key's name must be a str, got {type(name).__name__}")
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"tether.Key({self.name!r})"
+
+    def __reduce__(self) -> Any:
+        raise TypeError("tether: a Key is compared by identity and cannot be pickled")
+
+
+# --------------------------------------------------------------------------------------
+# Context
+
+
+@final
+class Context:
+    """A node of the context tree: cancellation, a deadline and values, read-only.
+
+    Make one with ``background()``/``todo()`` or derive one with ``with_cancel``,
+    ``with_timeout``, ``with_deadline``, ``with_value``, ``without_cancel``; contexts
+    are never constructed directly. Every method is safe to call from any thread or
+    event loop and none blocks, except ``done().wait()``. A context is immutable (its
+    state changes only from live to ended, once), hashable by identity,
+    weak-referenceable, and not picklable (send a deadline across processes with
+    tether's propagation instead).
+
+    Added in 0.1.
+    """
+
+    __slots__ = (
+        "_c",  # the owner of the cancellation state: self, or the nearest owning ancestor
+        "_values",  # dict of every value visible from here, or None; never mutated
+        "_parent",  # the context this one was derived from (None for the roots)
+        "_kind",  # how it was made, for repr
+        "_label",  # what repr shows in parentheses for with_value (the key)
+        # -- owner-only state; the ones marked (L) are guarded by _LOCK --
+        "_err",  # (L) None while live; the error instance once ended; set once
+        "_cause",  # (L) the cause given with the first cancellation, or None
+        "_deadline",  # when it expires on the clock's scale, or None; never changes
+        "_dcause",  # the cause recorded if the deadline fires
+        "_pnode",  # the owner it is registered with, or None
+        "_children",  # (L) set of registered child owners, or None
+        "_waiters",  # (L) dict of callables to run when it ends, or None
+        "_entry",  # (L) its timer heap entry, or None
+        "_event",  # (L) threading.Event for Done.wait, made on the first wait
+        "_done",  # the cached Done handle
+        "__weakref__",
+    )
+    __module__ = "tether"
+
+    _c: Context
+    _values: dict[Hashable, Any] | None
+    _parent: Context | None
+    _kind: str
+    _label: object
+    _err: ContextError | None
+    _cause: BaseException | None
+    _deadline: float | None
+    _dcause: BaseException | None
+    _pnode: Context | None
+    _children: set[Context] | None
+    _waiters: dict[Waiter, None] | None
+    _entry: list[Any] | None
+    _event: threading.Event | None
+    _done: Done | None
+
+    def __init__(self) -> None:
+        raise TypeError(
+            "tether: contexts are not constructed directly; start from "
+            "tether.background() and derive with tether.with_cancel/with_timeout/with_value"
+        )
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:  # pragma: no cover - @final
+        raise TypeError("tether: Context cannot be subclassed; attach data with with_value")
+
+    # -- the interface -----------------------------------------------------------------
+
+    def deadline(self) -> float | None:
+        """When this context expires, in seconds on the clock's scale, or ``None``.
+
+        The clock is ``time.monotonic`` (or a ``FakeClock``). Non-blocking, thread-safe,
+        constant over the context's life; unchanged after it ended.
+        """
+        return self._c._deadline
+
+    def remaining(self) -> float | None:
+        """Seconds left before the deadline (``<= 0`` once passed), or ``None`` if none.
+
+        Non-blocking, thread-safe. Once the context ended by its deadline, the result is
+        ``<= 0``; a context cancelled before its deadline still reports the time left.
+        """
+        d = self._c._deadline
+        return None if d is None else d - _clock.now()
+
+    def done(self) -> Done:
+        """The handle that is set when this context ends: poll it, block on it, await it.
+
+        Non-blocking and thread-safe; returns the same handle every time.
+        """
+        c = self._c
+        d = c._done
+        if d is None:
+            d = _new(Done)
+            d._c = c
+            c._done = d  # a racing caller may store an equivalent handle; harmless
+        return d
+
+    def err(self) -> ContextError | None:
+        """``None`` while live; a ``Canceled`` or ``DeadlineExceeded`` once ended.
+
+        Non-blocking, thread-safe, O(1). Once non-``None`` it never changes, and
+        ``done().is_set()`` is already true. The instance is shared by the contexts that
+        ended together: to raise, use ``check()``, which raises a fresh one.
+        """
+        return self._c._err
+
+    def check(self) -> None:
+        """Raise if this context ended, else return ``None``: the cancellation point.
+
+        Raises a fresh exception of ``err()``'s type (``Canceled`` or
+        ``DeadlineExceeded``) with the cause, if one was given, as ``__cause__``.
+        Non-blocking, thread-safe.
+        """
+        e = self._c._err
+        if e is not None:
+            raise _fresh_error(self._c)
+
+    @overload
+    def value(self, key: Key[T]) -> T | None: ...
+    @overload
+    def value(self, key: Hashable) -> Any: ...
+    def value(self, key: Hashable) -> Any:
+        """The value bound to ``key`` by the nearest ``with_value`` above, or ``None``.
+
+        Non-blocking, thread-safe, O(1) at any depth. Keys compare by equality (a
+        ``tether.Key`` by identity). Values survive cancellation and ``without_cancel``.
+        """
+        v = self._values
+        return None if v is None else v.get(key)
+
+    # -- Python protocol ---------------------------------------------------------------
+
+    def __repr__(self) -> str:
+        parts: list[str] = []
+        node: Context | None = self
+        while node is not None:
+            parts.append(node._describe())
+            node = node._parent
+        if len(parts) > 12:
+            parts[6:-5] = [f"...{len(parts) - 11} more..."]
+        e = self._c._err
+        state = "live" if e is None else str(e)
+        return f"<tether.Context {'.'.join(reversed(parts))} [{state}]>"
+
+    def _describe(self) -> str:
+        kind = self._kind
+        if kind == "with_value":
+            label = self._label
+            return f"with_value({label.name if type(label) is Key else repr(label)[:40]})"
+        if kind == "with_deadline" and self._c is self and self._entry is not None:
+            d = self._deadline
+            assert d is not None
+            return f"with_deadline(in {d - _clock.now():.3g}s)"
+        return kind
+
+    def __copy__(self) -> Context:
+        return self
+
+    def __deepcopy__(self, memo: object) -> Context:
+        return self
+
+    def __reduce__(self) -> Any:
+        raise TypeError(
+            "tether: a Context cannot be pickled; send its remaining() budget across the "
+            "process boundary and derive a new context there"
+        )
+
+
+def _fresh_error(c: Context) -> ContextError:
+    e = c._err
+    assert e is not None
+    fresh = type(e)()
+    cause = c._cause
+    if cause is not None:
+        fresh.__cause__ = cause
+    return fresh
+
+
+# --------------------------------------------------------------------------------------
+# Done
+
+
+@final
+class Done:
+    """Set when its context ends. Returned by ``ctx.done()``; never constructed directly.
+
+    - ``is_set()`` polls (non-blocking);
+    - ``wait(timeout=None)`` blocks the calling thread until set or the timeout passes;
+    - ``await done`` suspends the calling asyncio task until set, from any event loop in
+      any thread, woken promptly when another thread cancels.
+
+    Using it as a bool is an error (``if ctx.done():`` is always true for an object);
+    write ``if ctx.done().is_set():`` or ``if ctx.err() is not None:``.
+
+    Added in 0.1.
+    """
+
+    __slots__ = ("_c",)
+    __module__ = "tether"
+    _c: Context
+
+    def __init__(self) -> None:
+        raise TypeError("tether: use ctx.done() to get a context's Done handle")
+
+    def is_set(self) -> bool:
+        """True once the context ended. Non-blocking, thread-safe; never goes back."""
+        return self._c._err is not None
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block the calling thread until the context ends; return ``is_set()``.
+
+        ``timeout`` is in real seconds (``None``: no limit; ``<= 0``: just poll).
+        Returns ``True`` at once if the context already ended, ``False`` if the timeout
+        passed first. Thread-safe; many threads may wait at once. Do not call it from an
+        event loop thread: ``await`` the handle instead. A context that can never end
+        (``background()``) blocks until the timeout.
+        """
+        c = self._c
+        if c._err is not None:
+            return True
+        if timeout is not None:
+            timeout = _seconds(timeout, "timeout")
+            if timeout <= 0:
+                return False
+        ev = c._event
+        if ev is None:
+            if c is _BACKGROUND:
+                return threading.Event().wait(timeout)
+            with _LOCK:
+                if c._err is not None:
+                    return True
+                ev = c._event
+                if ev is None:
+                    ev = c._event = threading.Event()
+                    if c._waiters is None:
+                        c._waiters = {}
+                    c._waiters[ev.set] = None
+        return ev.wait(timeout)
+
+    def __await__(self) -> Generator[Any, None, None]:
+        from ._aio import wait_done
+
+        return wait_done(self._c)
+
+    def __bool__(self) -> bool:
+        raise TypeError(
+            "tether: a Done handle has no truth value; use ctx.done().is_set() "
+            "(or ctx.err() is not None)"
+        )
+
+    def __repr__(self) -> str:
+        return f"<tether.Done {'set' if self.is_set() else 'unset'} of {self._c!r}>"
+
+
+# --------------------------------------------------------------------------------------
+# The tree: registration, waiters, cancellation
+
+
+def _add_waiter(c: Context, w: Waiter) -> bool:
+    """Register ``w`` to run when owner ``c`` ends. False (nothing kept) if already ended.
+
+    ``c`` must not be background, which never ends (callers keep nothing for it).
+    """
+    with _LOCK:
+        if c._err is not None:
+            return False
+        ws = c._waiters
+        if ws is None:
+            ws = c._waiters = {}
+        ws[w] = None
+        return True
+
+
+def _remove_waiter(c: Context, w: Waiter) -> None:
+    with _LOCK:
+        ws = c._waiters
+        if ws is not None:
+            ws.pop(w, None)
+
+
+def _mark(root: Context, err: ContextError, cause: BaseException | None) -> list[Waiter] | None:
+    """End ``root`` and its whole subtree. Holds _LOCK. Returns the waiters to wake.
+
+    ``root`` must be live. It is unlinked from the owner it is registered with; its
+    descendants need no unlinking, since their parents' child sets are dropped whole.
+    """
+    out: list[Waiter] | None = None
+    c = root
+    stack: list[Context] | None = None
+    while True:
+        c._cause = cause
+        c._err = err
+        e = c._entry
+        if e is not None:
+            c._entry = None
+            if e[2] is not None:  # still in the heap (not popped by an expiry)
+                e[2] = None
+                q = e[3]
+                h = q.heap
+                if h[-1] is e:  # the newest timer, cancelled first: common, and O(1)
+                    h.pop()
+                else:
+                    q.dead += 1
+                    if q.dead > q.compact_at:
+                        q.compact()
+        ws = c._waiters
+        if ws is not None:
+            c._waiters = None
+            if out is None:
+                out = list(ws)
+            else:
+                out.extend(ws)
+        ch = c._children
+        if ch is not None:
+            c._children = None
+            if stack is None:
+                stack = list(ch)
+            else:
+                stack.extend(ch)
+        if not stack:
+            break
+        c = stack.pop()
+    p = root._pnode
+    if p is not None:
+        ch = p._children
+        if ch is not None:
+            ch.discard(root)
+    return out
+
+
+def _notify(out: list[Waiter]) -> None:
+    for w in out:
+        try:
+            w()
+        except Exception:  # pragma: no cover - internal waiters do not raise
+            import logging
+
+            logging.getLogger("tether").exception("tether: a context waiter raised")
+
+
+def _cancel(c: Context, err: ContextError, cause: BaseException | None) -> None:
+    _LOCK.acquire()
+    try:
+        if c._err is not None:
+            return
+        out = _mark(c, err, cause)
+    finally:
+        _LOCK.release()
+    if out is not None:
+        _notify(out)
+
+
+def _expire(due: list[Context]) -> None:
+    """End contexts whose deadline passed (timer thread or FakeClock.advance)."""
+    out: list[Waiter] = []
+    with _LOCK:
+        for c in due:
+            if c._err is None:
+                ws = _mark(c, DeadlineExceeded(), c._dcause)
+                if ws is not None:
+                    out.extend(ws)
+    if out:
+        _notify(out)
+
+
+_clock.timers = _REAL_TIMERS = _clock.TimerQueue(_LOCK, _expire, threaded=True)
+_clock.register_fork_hooks(_LOCK, _REAL_TIMERS)
+
+
+def _owner(parent: object) -> Context:
+    if type(parent) is Context:
+        return parent._c
+    if parent is None:
+        raise TypeError(
+            "tether: parent context is None; pass tether.background() at the top of a "
+            "request or program, or tether.todo() where a context is not plumbed yet"
+        )
+    raise TypeError(f"tether: parent must be a tether.Context, got {type(parent).__name__}")
+
+
+def _derive(
+    parent: Context,
+    kind: str,
+    deadline: float | None,
+    expired: bool,
+    dcause: BaseException | None,
+) -> Scope:
+    """Make an owning child of ``parent``; return the (ctx, cancel) scope.
+
+    ``deadline`` is the child's own (``None``: none); ``expired`` says it already
+    passed (the caller knows it without reading the clock twice).
+    """
+    if type(parent) is not Context:
+        _owner(parent)  # raises the right error
+    p = parent._c
+    c: Context = _new(Context)
+    c._c = c
+    c._values = parent._values
+    c._parent = parent
+    c._kind = kind
+    c._err = None
+    c._cause = None
+    c._children = None
+    c._waiters = None
+    c._entry = None
+    c._event = None
+    c._done = None
+    pd = p._deadline
+    if deadline is None:
+        c._deadline = pd
+    elif pd is not None and pd <= deadline:
+        c._deadline = pd  # the parent's deadline ends it first: no timer of its own
+        deadline = None
+    else:
+        c._deadline = deadline
+        c._dcause = dcause
+    if deadline is not None and expired:  # born expired, unless born ended: no timer
+        e = p._err  # reading without the lock linearises before a racing cancel
+        if e is None:
+            c._err = DeadlineExceeded()
+            c._cause = dcause
+        else:
+            c._err = e
+            c._cause = p._cause
+        c._pnode = None
+    elif p is _BACKGROUND and deadline is None:
+        c._pnode = None  # nothing to register with, nothing to arm: no lock
+    else:
+        _LOCK.acquire()
+        try:
+            if p is _BACKGROUND:
+                c._pnode = None
+            elif p._err is not None:  # born ended under an ended parent
+                c._err = p._err
+                c._cause = p._cause
+                c._pnode = None
+                deadline = None
+            else:
+                c._pnode = p
+                ch = p._children
+                if ch is None:
+                    p._children = {c}
+                else:
+                    ch.add(c)
+            if deadline is not None:  # arm (inline: this is the hot path of with_timeout)
+                q = _clock.timers
+                entry = [deadline, next(_seq), c, q]
+                _heappush(q.heap, entry)
+                c._entry = entry
+                if deadline < q.wake_at:
+                    q.wake(deadline)
+        finally:
+            _LOCK.release()
+    cf: CancelFunc = _new(CancelFunc)
+    cf._ctx = c
+    f = _getframe(2)
+    cf._code = f.f_code
+    cf._lasti = f.f_lasti
+    if _track is not None:
+        _track[c] = (cf._code, cf._lasti)
+    cf._state = 0
+    return tuple.__new__(Scope, (c, cf))
+
+
+# --------------------------------------------------------------------------------------
+# Cancel functions and scopes
+
+_ENTERED = 1
+_EXITED = 2
+
+
+@final
+class CancelFunc:
+    """Cancels the context it was returned with: ``cancel()`` or ``cancel(cause)``.
+
+    Idempotent (the first cancellation of a context wins, and later calls do nothing),
+    safe from any thread or event loop, never waits for the work the context governs.
+    Before it returns, the context and every descendant are ended, waiting threads are
+    released and waiting tasks are scheduled to resume; ``after_func`` callbacks start
+    on other threads. ``cause`` must be an exception (or ``None``): it is what
+    ``tether.cause()`` reports for the context and its descendants.
+
+    Dropping it without calling it while the context is live emits a
+    ``LostCancelWarning`` that points at the line that derived the context.
+
+    Added in 0.1.
+    """
+
+    __slots__ = ("_aio", "_code", "_ctx", "_lasti", "_state", "_token")
+    __module__ = "tether"
+    _ctx: Context
+    _code: CodeType
+    _lasti: int
+    _state: int
+    _token: Token[Context]
+    _aio: TaskInterrupt | None
+
+    def __init__(self) -> None:
+        raise TypeError("tether: cancel functions come from with_cancel/with_timeout/...")
+
+    def __call__(self, cause: BaseException | None = None) -> None:
+        c = self._ctx
+        if c._err is None:
+            if cause is not None and not isinstance(cause, BaseException):
+                raise TypeError(
+                    f"tether: cause must be an exception or None, got {type(cause).__name__}"
+                )
+            _LOCK.acquire()
+            try:
+                if c._err is not None:
+                    return
+                out = _mark(c, Canceled(), cause)
+            finally:
+                _LOCK.release()
+            if out is not None:
+                _notify(out)
+
+    def __del__(self) -> None:
+        c = self._ctx
+        if c._err is None and not sys.is_finalizing():
+            filename, line = _site(self._code, self._lasti)
+            warnings.warn_explicit(
+                LostCancelWarning(
+                    f"tether: the cancel function of {c!r}, created at {filename}:{line}, "
+                    "was garbage-collected without being called; the context stays "
+                    "registered until its parent ends. Call cancel() on every path, or "
+                    "use `with`/`async with`."
+                ),
+                LostCancelWarning,
+                filename,
+                line,
+            )
+
+    def __repr__(self) -> str:
+        return f"<tether.CancelFunc of {self._ctx!r}>"
+
+    # -- used by Scope ------------------------------------------------------------------
+
+    def _enter(self, aio: TaskInterrupt | None) -> Context:
+        if self._state:
+            raise RuntimeError(
+                "tether: this (ctx, cancel) scope was already entered; derive a new "
+                "context for each `with` block"
+            )
+        self._state = _ENTERED
+        self._aio = aio
+        c = self._ctx
+        self._token = _current.set(c)
+        return c
+
+    def _exit(self) -> None:
+        self._state = _EXITED
+        try:
+            _current.reset(self._token)
+        except ValueError:  # exited in another contextvars context; leave it be
+            pass
+        self(None)
+
+
+def _site(code: CodeType, lasti: int) -> tuple[str, int]:
+    line = code.co_firstlineno
+    for start, end, ln in code.co_lines():
+        if start <= lasti < end and ln is not None:
+            line = ln
+            break
+    return code.co_filename, line
+
+
+class Scope(tuple[Context, CancelFunc]):
+    """The ``(ctx, cancel)`` pair returned by ``with_cancel``/``with_timeout``/``with_deadline``.
+
+    Unpack it (``ctx, cancel = tether.with_cancel(parent)``) or enter it:
+
+    - ``with scope as ctx:`` makes ``ctx`` the current context inside the block and
+      cancels it on exit;
+    - ``async with scope as ctx:`` additionally interrupts the current asyncio task when
+      ``ctx`` ends (for whatever reason: its deadline, an ancestor's cancellation, or a
+      ``cancel()`` from any thread), and on exit raises ``ctx.check()``'s error if, and
+      only if, it was that interruption that ended the block. A cancellation from
+      elsewhere passes through as ``CancelledError``; ``task.cancelling()`` is back to
+      its value at entry. Exactly as ``asyncio.timeout`` does, with the context's error
+      in place of ``TimeoutError``.
+
+    A scope can be entered once. Entering does not block.
+
+    Added in 0.1.
+    """
+
+    __slots__ = ()
+    __module__ = "tether"
+
+    @property
+    def ctx(self) -> Context:
+        """The derived context."""
+        return self[0]
+
+    @property
+    def cancel(self) -> CancelFunc:
+        """Its cancel function."""
+        return self[1]
+
+    def __enter__(self) -> Context:
+        return self[1]._enter(None)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self[1]._exit()
+
+    async def __aenter__(self) -> Context:
+        from ._aio import enter_scope
+
+        return enter_scope(self[1])
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        from ._aio import exit_scope
+
+        exit_scope(self[1], exc_type, exc)
+
+    def __repr__(self) -> str:
+        return f"<tether.Scope of {self[0]!r}>"
+
+
+# --------------------------------------------------------------------------------------
+# Roots
+
+
+def _root(kind: str) -> Context:
+    c: Context = _new(Context)
+    c._c = c
+    c._values = None
+    c._parent = None
+    c._kind = kind
+    c._label = None
+    c._err = None
+    c._cause = None
+    c._deadline = None
+    c._dcause = None
+    c._pnode = None
+    c._children = None
+    c._waiters = None
+    c._entry = None
+    c._event = None
+    c._done = None
+    return c
+
+
+_BACKGROUND = _root("background")
+_TODO = _root("todo")
+_TODO._c = _BACKGROUND
+_current: ContextVar[Context] = ContextVar("tether.current")
+
+
+def background() -> Context:
+    """The root context: never cancelled, no deadline, no values. The same object always.
+
+    Use it at the top of ``main``, of a request (before the server integration derives
+    the request's context) and in tests. Non-blocking, thread-safe.
+
+    Added in 0.1.
+    """
+    return _BACKGROUND
+
+
+def todo() -> Context:
+    """Like ``background()``, but says "the right context is not plumbed here yet".
+
+    A marker for code review and ``tether lint``; it behaves as ``background()``.
+
+    Added in 0.1.
+    """
+    return _TODO
+
+
+def current() -> Context:
+    """The innermost context entered with ``with``/``async with`` here, else background.
+
+    "Here" is the ``contextvars`` context: the current thread, or the current asyncio
+    task (tasks copy their creator's current context when created). Threads started by
+    plain ``threading.Thread`` start from background; ``tether.to_thread`` and
+    ``tether.Group`` carry the context across. Prefer passing ``ctx`` explicitly;
+    ``current()`` is for code you cannot change the signature of (logging filters,
+    framework hooks). Non-blocking.
+
+    Added in 0.1.
+    """
+    return _current.get(_BACKGROUND)
+
+
+# --------------------------------------------------------------------------------------
+# Durations and deadlines
+
+
+def _seconds(x: object, what: str = "duration") -> float:
+    t = type(x)
+    if t is float:
+        if x - x == 0:  # type: ignore[operator]  # finite
+            return x  # type: ignore[return-value]
+    elif t is int:
+        try:
+            return float(x)  # type: ignore[arg-type]
+        except OverflowError:
+            pass
+    elif t is timedelta:
+        return x.total_seconds()  # type: ignore[attr-defined,no-any-return]
+    elif t is bool or isinstance(x, str | bytes) or not isinstance(x, numbers.Real):
+        raise TypeError(
+            f"tether: a {what} is seconds as an int or float, or a datetime.timedelta; "
+            f"got {t.__name__} {x!r:.40}"
+        )
+    else:
+        try:
+            f = float(x)
+        except OverflowError:
+            f = math.inf
+        if math.isfinite(f):
+            return f
+    raise ValueError(
+        f"tether: a {what} must be a finite number of seconds, got {x!r:.40}; "
+        "for no limit, do not set a deadline"
+    )
+
+
+def _clock_time(when: object) -> float:
+    if isinstance(when, datetime):
+        if when.tzinfo is None or when.utcoffset() is None:
+            raise TypeError(
+                "tether: a deadline datetime must be timezone-aware, e.g. "
+                "datetime.now(timezone.utc) + timedelta(seconds=5); got a naive datetime"
+            )
+        return _clock.now() + (when - datetime.now(UTC)).total_seconds()
+    return _seconds(when, "deadline")
+
+
+def _cause_arg(cause: object) -> BaseException | None:
+    if cause is None or isinstance(cause, BaseException):
+        return cause
+    raise TypeError(f"tether: cause must be an exception or None, got {type(cause).__name__}")
+
+
+# --------------------------------------------------------------------------------------
+# Derivation
+
+
+def with_cancel(parent: Context) -> Scope:
+    """Derive a child of ``parent`` that ends when cancelled or when ``parent`` ends.
+
+    Returns the ``(ctx, cancel)`` pair (a ``Scope``), which is also a context manager
+    that cancels on exit. If ``parent`` already ended, ``ctx`` is born ended with the
+    parent's error and cause. The caller must call ``cancel`` on every path (or use
+    ``with``): until then the child stays registered with the parent. Non-blocking,
+    thread-safe. Raises ``TypeError`` if ``parent`` is not a Context (``None``
+    included).
+
+    Added in 0.1.
+    """
+    return _derive(parent, "with_cancel", None, False, None)
+
+
+def with_deadline(
+    parent: Context, when: float | datetime, cause: BaseException | None = None
+) -> Scope:
+    """Derive a child that also ends, with ``DeadlineExceeded``, at ``when``.
+
+    ``when`` is a time on the clock's scale (``time.monotonic``; see ``ctx.deadline()``)
+    or a timezone-aware ``datetime``. The child's deadline is the earlier of ``when``
+    and the parent's; if the parent's is earlier no timer is armed. A ``when`` already
+    past makes a child born ended. ``cause`` is recorded as the cause only if the
+    deadline fires. Same pair, obligations and thread-safety as ``with_cancel``.
+    Raises ``TypeError`` for a ``None``/non-Context parent, a non-number ``when``
+    (``bool`` and ``str`` included) or a naive datetime; ``ValueError`` for NaN or
+    infinity.
+
+    Added in 0.1.
+    """
+    d = _clock_time(when)
+    if cause is not None:
+        cause = _cause_arg(cause)
+    return _derive(parent, "with_deadline", d, d <= _clock.now(), cause)
+
+
+def with_timeout(
+    parent: Context, seconds: float | timedelta, cause: BaseException | None = None
+) -> Scope:
+    """Derive a child that ends, with ``DeadlineExceeded``, ``seconds`` from now.
+
+    Exactly ``with_deadline(parent, now() + seconds, cause)``; zero or negative
+    ``seconds`` give a child born ended. ``seconds`` is an int, a float or a
+    ``timedelta``. Raises ``TypeError`` for a ``None``/non-Context parent or a
+    non-number (``bool`` and ``str`` included); ``ValueError`` for NaN or infinity.
+
+    Added in 0.1.
+    """
+    t = type(seconds)
+    fast = (t is float or t is int) and seconds - seconds == 0  # type: ignore[operator]
+    s = seconds if fast else _seconds(seconds)
+    try:
+        d = _clock.now() + s  # type: ignore[operator]
+    except OverflowError:
+        d = _clock.now() + _seconds(s)  # raises the tether error
+    if cause is not None:
+        cause = _cause_arg(cause)
+    return _derive(parent, "with_deadline", d, s <= 0, cause)  # type: ignore[operator]
+
+
+def with_value(parent: Context, key: Key[T] | Hashable, value: T | Any) -> Context:
+    """Derive a child that carries ``value`` under ``key``; cancellation is the parent's.
+
+    The nearest binding wins (binding ``None`` shadows too). Use it for request-scoped
+    data (request id, trace, principal), not to pass optional arguments. No cancel
+    function: the child has no cancellation of its own. O(number of visible keys).
+    Non-blocking, thread-safe. Raises ``TypeError`` for a ``None``/non-Context parent
+    or an unhashable key, ``ValueError`` for a ``None`` key.
+
+    Added in 0.1.
+    """
+    p = _owner(parent)
+    if key is None:
+        raise ValueError("tether: a value key must not be None; use a tether.Key('name')")
+    old = parent._values
+    try:
+        values = {key: value} if old is None else {**old, key: value}
+    except TypeError:
+        raise TypeError(
+            f"tether: a value key must be hashable, got {type(key).__name__}; "
+            "use a tether.Key('name')"
+        ) from None
+    c: Context = _new(Context)
+    c._c = p
+    c._values = values
+    c._parent = parent
+    c._kind = "with_value"
+    c._label = key
+    return c
+
+
+def without_cancel(parent: Context) -> Context:
+    """A child that keeps ``parent``'s values but never ends: no deadline, no cause.
+
+    For work that must outlive the request that started it (an audit write, a cache
+    fill); give it its own timeout with ``with_timeout``. Non-blocking, thread-safe.
+    Raises ``TypeError`` for a ``None``/non-Context parent.
+
+    Added in 0.1.
+    """
+    _owner(parent)
+    c: Context = _new(Context)
+    c._c = _BACKGROUND
+    c._values = parent._values
+    c._parent = parent
+    c._kind = "without_cancel"
+    c._label = None
+    return c
+
+
+def cause(ctx: Context) -> BaseException | None:
+    """Why ``ctx`` ended: ``None`` while live; else the first cause, or ``ctx.err()``.
+
+    The cause is the exception given to the first ``cancel(cause)`` of ``ctx`` or of
+    the ancestor whose cancellation ended it, or the ``cause=`` of the
+    ``with_timeout``/``with_deadline`` whose deadline fired. Without one, it is
+    ``ctx.err()``. Non-blocking, thread-safe; never changes once non-``None``.
+
+    Added in 0.1.
+    """
+    c = _owner(ctx)
+    e = c._err
+    if e is None:
+        return None
+    k = c._cause
+    return e if k is None else k
+
+
+# --------------------------------------------------------------------------------------
+# after_func
+
+
+class _AfterFunc:
+    __slots__ = ("_c", "_fn", "_state")
+
+    def __init__(self, c: Context, fn: Callable[[], object]) -> None:
+        self._c = c
+        self._fn = fn
+        self._state = 0  # 0 pending, 1 started, 2 stopped; guarded by _LOCK
+
+    def __call__(self) -> None:  # the context ended: start fn off this thread
+        with _LOCK:
+            if self._state:
+                return
+            self._state = 1
+        from ._runner import submit
+
+        submit(self._fn)
+
+    def stop(self) -> bool:
+        with _LOCK:
+            if self._state:
+                return False
+            self._state = 2
+            ws = self._c._waiters
+            if ws is not None:
+                ws.pop(self, None)
+            return True
+
+
+def after_func(ctx: Context, fn: Callable[[], object]) -> Callable[[], bool]:
+    """Arrange for ``fn()`` to run once, on another thread, after ``ctx`` ends.
+
+    If ``ctx`` already ended, ``fn`` is started at once (still on another thread).
+    Returns ``stop``: ``stop()`` unregisters ``fn`` and returns ``True`` if that
+    prevented it from running; ``False`` if ``fn`` was already started or already
+    stopped. ``stop`` is idempotent and thread-safe and does not wait for ``fn``.
+    ``fn`` never runs inside ``cancel()``; an exception it raises is logged on the
+    ``tether`` logger. For a context that can never end (``background()``) ``fn``
+    never runs. Raises ``TypeError`` if ``fn`` is not callable.
+
+    Added in 0.1.
+    """
+    c = _owner(ctx)
+    if not callable(fn):
+        raise TypeError(f"tether: after_func needs a callable, got {type(fn).__name__}")
+    af = _AfterFunc(c, fn)
+    if c is not _BACKGROUND and not _add_waiter(c, af):
+        af()
+    return af.stop

@@ -1,0 +1,65 @@
+"""The small error hierarchy of tether.
+
+``ContextError`` is the base of what an ended context reports. ``Canceled`` and
+``DeadlineExceeded`` are the only two kinds, as in Go; ``DeadlineExceeded`` is also a
+``TimeoutError`` so that code written against the standard library's timeouts catches it.
+"""
+
+from __future__ import annotations
+
+__all__ = ["Canceled", "ContextError", "DeadlineExceeded", "LostCancelWarning"]
+
+
+class ContextError(Exception):
+    """Base class of the errors an ended context reports (``ctx.err()``, ``ctx.check()``).
+
+    Added in 0.1.
+    """
+
+    __module__ = "tether"
+
+
+class Canceled(ContextError):
+    """The context was cancelled: its cancel function was called, or an ancestor's was.
+
+    ``str()`` is ``"context canceled"``, as Go's ``context.Canceled``. The reason, if the
+    canceller gave one, is ``tether.cause(ctx)``; ``ctx.check()`` chains it as
+    ``__cause__``.
+
+    Added in 0.1.
+    """
+
+    __module__ = "tether"
+
+    def __str__(self) -> str:
+        return super().__str__() if self.args else "context canceled"
+
+
+class DeadlineExceeded(ContextError, TimeoutError):
+    """The context's deadline (or an ancestor's) passed before it was cancelled.
+
+    Also a ``TimeoutError``, so ``except TimeoutError`` catches it. ``str()`` is
+    ``"context deadline exceeded"``, as Go's ``context.DeadlineExceeded``.
+
+    Added in 0.1.
+    """
+
+    __module__ = "tether"
+
+    def __str__(self) -> str:
+        return ContextError.__str__(self) if self.args else "context deadline exceeded"
+
+
+class LostCancelWarning(ResourceWarning):
+    """A derived context's cancel function was garbage-collected without being called.
+
+    The context was still live, so it stays registered with its parent (and in the
+    timer heap, if it has a deadline) until the parent ends or the deadline fires: the
+    run-time form of Go's ``go vet`` *lostcancel* check. The warning's location is the
+    line that created the context. Like every ``ResourceWarning`` it is hidden unless
+    warnings are enabled (``python -X dev``, ``-W default``, or pytest).
+
+    Added in 0.1.
+    """
+
+    __module__ = "tether"

@@ -1,0 +1,73 @@
+"""An elastic pool of daemon threads that runs ``after_func`` callbacks off the canceller.
+
+Go starts a goroutine per ``AfterFunc`` call. A thread per call is too dear in Python,
+and a fixed pool would let one blocking callback delay every other one. So: reuse an
+idle worker when there is one, start a new worker when there is none, and let a worker
+that stayed idle for ``IDLE_SECONDS`` exit. The pool is empty when nothing runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+from collections.abc import Callable
+
+__all__ = ["IDLE_SECONDS", "submit"]
+
+IDLE_SECONDS = 2.0
+_log = logging.getLogger("tether")
+
+
+class _Runner:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # _lock protects the following fields.
+        self._idle = 0  # workers blocked in _jobs.get() that no job has been promised to
+        self._started = 0  # workers ever started, for thread names
+        self._jobs: queue.SimpleQueue[Callable[[], object]] = queue.SimpleQueue()
+
+    def submit(self, fn: Callable[[], object]) -> None:
+        with self._lock:
+            if self._idle:
+                self._idle -= 1
+                self._jobs.put(fn)
+                return
+            self._started += 1
+            n = self._started
+        threading.Thread(
+            target=self._work, args=(fn,), name=f"tether-after-func-{n}", daemon=True
+        ).start()
+
+    def _work(self, fn: Callable[[], object]) -> None:
+        while True:
+            try:
+                fn()
+            except BaseException:
+                _log.exception("tether: an after_func callback raised")
+            del fn
+            with self._lock:
+                self._idle += 1
+            while True:
+                try:
+                    fn = self._jobs.get(timeout=IDLE_SECONDS)
+                    break
+                except queue.Empty:
+                    with self._lock:
+                        # A job promised to an idle worker may have arrived just now.
+                        if not self._jobs.empty():
+                            continue
+                        self._idle -= 1
+                        return
+
+    def _after_fork_in_child(self) -> None:
+        # The workers did not survive the fork; queued jobs belong to the parent.
+        self.__init__()  # type: ignore[misc]
+
+
+_runner = _Runner()
+submit = _runner.submit
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_runner._after_fork_in_child)

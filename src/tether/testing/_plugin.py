@@ -1,0 +1,82 @@
+"""tether's pytest plugin (entry point ``pytest11``): fixtures and a leak check.
+
+Fixtures: ``ctx`` (a cancellable context, cancelled after the test) and ``fake_clock``
+(a ``FakeClock`` installed for the test).
+
+Leak check (opt in with ``--tether-leak-check`` or ``tether_leak_check = true`` in the
+ini file): after each test, and after its fixtures are torn down, the test fails if it
+left a thread, a pending asyncio task on an open loop, or a live context it derived.
+Mark a test ``@pytest.mark.tether_allow_leaks`` to skip the check for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Iterator
+
+import pytest
+
+import tether
+from tether.testing import FakeClock
+from tether.testing._leaks import LeakCheck
+
+_KEY = pytest.StashKey[LeakCheck]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addini(
+        "tether_leak_check",
+        "fail tests that leave threads, asyncio tasks or live tether contexts behind",
+        type="bool",
+        default=False,
+    )
+    group = parser.getgroup("tether")
+    group.addoption(
+        "--tether-leak-check",
+        action="store_true",
+        default=False,
+        help="fail tests that leave threads, asyncio tasks or live tether contexts behind",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "tether_allow_leaks: skip tether's leak check for this test")
+
+
+def _enabled(item: pytest.Item) -> bool:
+    cfg = item.config
+    on = cfg.getoption("--tether-leak-check") or cfg.getini("tether_leak_check")
+    return bool(on) and item.get_closest_marker("tether_allow_leaks") is None
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
+    if _enabled(item):
+        check = LeakCheck()
+        check.start()
+        item.stash[_KEY] = check
+    yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
+    yield
+    check = item.stash.get(_KEY, None)
+    if check is not None:
+        del item.stash[_KEY]
+        leaks = check.finish()
+        if leaks:
+            pytest.fail(leaks.report(), pytrace=False)
+
+
+@pytest.fixture
+def ctx() -> Iterator[tether.Context]:
+    """A cancellable context for one test, cancelled when the test ends."""
+    with tether.with_cancel(tether.background()) as c:
+        yield c
+
+
+@pytest.fixture
+def fake_clock() -> Iterator[FakeClock]:
+    """A FakeClock installed for the test."""
+    with FakeClock() as clock:
+        yield clock
