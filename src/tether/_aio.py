@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 from asyncio import AbstractEventLoop, CancelledError, Task, current_task
-from asyncio.events import _get_running_loop, get_running_loop
+from asyncio.events import _get_running_loop
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
@@ -90,7 +90,16 @@ def wait_done(c: Context) -> Generator[Any, None, None]:
     """The body of ``await ctx.done()`` for owner ``c``."""
     if c._err is not None:
         return
-    loop = get_running_loop()
+    loop = _get_running_loop()
+    if loop is None:
+        from . import _trio
+
+        if _trio.in_trio():
+            return (yield from _trio.wait_done(c).__await__())
+        raise RuntimeError(
+            "tether: `await ctx.done()` needs a running asyncio event loop or Trio; "
+            "from a plain thread, call ctx.done().wait(timeout)"
+        )
     fut = loop.create_future()
     if c is _context._BACKGROUND:  # never ends: wait for the task's own cancellation
         yield from fut

@@ -299,8 +299,9 @@ class Done:
 
     - ``is_set()`` polls (non-blocking);
     - ``wait(timeout=None)`` blocks the calling thread until set or the timeout passes;
-    - ``await done`` suspends the calling asyncio task until set, from any event loop in
-      any thread, woken promptly when another thread cancels.
+    - ``await done`` suspends the calling task until set — an asyncio task on any
+      event loop in any thread, or a Trio task (AnyIO on either backend) — woken
+      promptly when another thread cancels. Cancelling the awaiting task unregisters it.
 
     Using it as a bool is an error (``if ctx.done():`` is always true for an object);
     write ``if ctx.done().is_set():`` or ``if ctx.err() is not None:``.
