@@ -181,24 +181,32 @@ class Context:
     def deadline(self) -> float | None:
         """When this context expires, in seconds on the clock's scale, or ``None``.
 
-        The clock is ``time.monotonic`` (or a ``FakeClock``). Non-blocking, thread-safe,
-        constant over the context's life; unchanged after it ended.
+        The clock is ``time.monotonic`` (or a ``FakeClock``): compare with
+        ``time.monotonic()``, or use ``remaining()``. A child's deadline is never later than
+        its parent's.
+
+        Non-blocking; returns the same value on every call; thread-safe. An ended context
+        keeps reporting the deadline it had. Raises nothing.
         """
         return self._c._deadline
 
     def remaining(self) -> float | None:
-        """Seconds left before the deadline (``<= 0`` once passed), or ``None`` if none.
+        """Seconds left before the deadline, or ``None`` if there is none.
 
-        Non-blocking, thread-safe. Once the context ended by its deadline, the result is
-        ``<= 0``; a context cancelled before its deadline still reports the time left.
+        Use it to clamp a socket, driver or HTTP timeout to the budget that is left. Once the
+        context ended by its deadline the result is ``<= 0`` (a deadline never fires early); a
+        context cancelled before its deadline still reports the time that was left.
+
+        Non-blocking; each call reads the clock; thread-safe. Raises nothing.
         """
         d = self._c._deadline
         return None if d is None else d - _clock.now()
 
     def done(self) -> Done:
-        """The handle that is set when this context ends: poll it, block on it, await it.
+        """The handle that is set when this context ends: poll, block on or await it.
 
-        Non-blocking and thread-safe; returns the same handle every time.
+        Non-blocking; returns the same handle on every call; thread-safe. On an already ended
+        context the handle is already set. Raises nothing.
         """
         c = self._c
         d = c._done
@@ -211,18 +219,25 @@ class Context:
     def err(self) -> ContextError | None:
         """``None`` while live; a ``Canceled`` or ``DeadlineExceeded`` once ended.
 
-        Non-blocking, thread-safe, O(1). Once non-``None`` it never changes, and
-        ``done().is_set()`` is already true. The instance is shared by the contexts that
-        ended together: to raise, use ``check()``, which raises a fresh one.
+        O(1) at any depth. Once non-``None`` it never changes, and ``done().is_set()`` is
+        already true. The instance is shared by the contexts that ended together; to raise,
+        use ``check()``, which raises a fresh one.
+
+        Non-blocking; idempotent (the same instance on every call once ended); thread-safe.
+        Raises nothing.
         """
         return self._c._err
 
     def check(self) -> None:
         """Raise if this context ended, else return ``None``: the cancellation point.
 
-        Raises a fresh exception of ``err()``'s type (``Canceled`` or
-        ``DeadlineExceeded``) with the cause, if one was given, as ``__cause__``.
-        Non-blocking, thread-safe.
+        Call it between slices of work in a thread (``ctx.check()`` is Go's
+        ``if err := ctx.Err(); err != nil { return err }``).
+
+        Non-blocking; idempotent (it raises on every call once ended); thread-safe. Raises a
+        fresh exception of ``err()``'s type (``Canceled`` or ``DeadlineExceeded``) on an
+        ended context, with the cause, if one was given, as ``__cause__``; nothing while
+        live.
         """
         e = self._c._err
         if e is not None:
@@ -235,8 +250,12 @@ class Context:
     def value(self, key: Hashable) -> Any:
         """The value bound to ``key`` by the nearest ``with_value`` above, or ``None``.
 
-        Non-blocking, thread-safe, O(1) at any depth. Keys compare by equality (a
-        ``tether.Key`` by identity). Values survive cancellation and ``without_cancel``.
+        O(1) at any depth. Keys compare by equality (a ``tether.Key`` by identity, and typed:
+        ``ctx.value(REQUEST_ID)`` is ``str | None`` for a ``Key[str]``). Values stay readable
+        after the context ended and through ``without_cancel``.
+
+        Non-blocking; the same result on every call; thread-safe. Raises ``TypeError`` for an
+        unhashable key.
         """
         v = self._values
         return None if v is None else v.get(key)
@@ -317,17 +336,24 @@ class Done:
         raise TypeError("tether: use ctx.done() to get a context's Done handle")
 
     def is_set(self) -> bool:
-        """True once the context ended. Non-blocking, thread-safe; never goes back."""
+        """True once the context ended; never goes back to false.
+
+        Non-blocking; thread-safe; on an already ended context, true. Idempotent. Raises
+        nothing.
+        """
         return self._c._err is not None
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block the calling thread until the context ends; return ``is_set()``.
 
-        ``timeout`` is in real seconds (``None``: no limit; ``<= 0``: just poll).
-        Returns ``True`` at once if the context already ended, ``False`` if the timeout
-        passed first. Thread-safe; many threads may wait at once. Do not call it from an
-        event loop thread: ``await`` the handle instead. A context that can never end
+        ``timeout`` is in real seconds (``None``: no limit; ``<= 0``: just poll). Many threads
+        may wait at once; a ``cancel()`` from any thread releases them all. Do not call it on
+        an event loop's thread: ``await`` the handle instead. A context that can never end
         (``background()``) blocks until the timeout.
+
+        Blocks (up to ``timeout``); idempotent; thread-safe. On an already ended context it
+        returns ``True`` at once. Raises ``TypeError``/``ValueError`` for a timeout that is
+        not a finite number of seconds.
         """
         c = self._c
         if c._err is not None:
@@ -352,6 +378,16 @@ class Done:
         return ev.wait(timeout)
 
     def __await__(self) -> Generator[Any, None, None]:
+        """``await ctx.done()``: suspend the calling task until the context ends.
+
+        Works for an asyncio task on any event loop in any thread, and for a Trio task (AnyIO
+        on either backend); woken promptly when another thread cancels. Cancelling the
+        awaiting task unregisters it and leaves nothing behind on the context.
+
+        Blocks the awaiting task, never the loop; each await is independent (idempotent);
+        thread-safe. On an already ended context it returns at once. Raises ``RuntimeError``
+        when awaited outside asyncio and Trio.
+        """
         from ._aio import wait_done
 
         return wait_done(self._c)
@@ -613,6 +649,19 @@ class CancelFunc:
         raise TypeError("tether: cancel functions come from with_cancel/with_timeout/...")
 
     def __call__(self, cause: BaseException | None = None) -> None:
+        """Cancel the context: ``cancel()`` or ``cancel(cause)``.
+
+        Before it returns, the context and every descendant are ended, waiting threads are
+        released and waiting tasks are scheduled to resume; ``after_func`` callbacks start on
+        other threads. ``cause`` (an exception, or ``None``) is what ``tether.cause()``
+        reports for the context and its descendants; without one, ``cause()`` reports the
+        ``Canceled`` error.
+
+        Never blocks or waits for the work the context governs; idempotent: the first
+        cancellation wins, later calls (with or without a cause) do nothing; thread-safe and
+        safe from any event loop. On an already ended context it does nothing. Raises
+        ``TypeError`` if ``cause`` is not an exception or ``None``.
+        """
         c = self._ctx
         if c._err is None:
             if cause is not None and not isinstance(cause, BaseException):
@@ -774,12 +823,13 @@ _current: ContextVar[Context] = ContextVar("tether.current")
 
 
 def background() -> Context:
-    """The root context: never cancelled, no deadline, no values. The same object always.
+    """The root context: never cancelled, no deadline, no values.
 
-    Use it at the top of ``main``, of a request (before the server integration derives
-    the request's context) and in tests. Non-blocking, thread-safe.
+    Use it at the top of ``main``, of a request (before the server integration derives the
+    request's context) and in tests.
 
-    Added in 0.1.
+    Non-blocking; returns the same object on every call; thread-safe. It is never ended.
+    Raises nothing.
     """
     return _BACKGROUND
 
@@ -789,7 +839,8 @@ def todo() -> Context:
 
     A marker for code review and ``tether lint``; it behaves as ``background()``.
 
-    Added in 0.1.
+    Non-blocking; returns the same object on every call; thread-safe. It is never ended.
+    Raises nothing.
     """
     return _TODO
 
@@ -797,14 +848,14 @@ def todo() -> Context:
 def current() -> Context:
     """The innermost context entered with ``with``/``async with`` here, else background.
 
-    "Here" is the ``contextvars`` context: the current thread, or the current asyncio
-    task (tasks copy their creator's current context when created). Threads started by
-    plain ``threading.Thread`` start from background; ``tether.to_thread`` and
-    ``tether.Group`` carry the context across. Prefer passing ``ctx`` explicitly;
-    ``current()`` is for code you cannot change the signature of (logging filters,
-    framework hooks). Non-blocking.
+    "Here" is the ``contextvars`` context: the current thread, or the current asyncio task
+    (tasks copy their creator's at creation). Threads started with ``threading.Thread``
+    start from background; ``tether.to_thread`` and ``tether.Group`` carry it across.
+    Prefer passing ``ctx`` explicitly; ``current()`` is for code whose signature you
+    cannot change (logging filters, framework hooks).
 
-    Added in 0.1.
+    Non-blocking; the same result on every call within one block; thread-safe. Returns
+    the entered context even if it already ended (check ``err()``). Raises nothing.
     """
     return _current.get(_BACKGROUND)
 
@@ -867,14 +918,14 @@ def _cause_arg(cause: object) -> BaseException | None:
 def with_cancel(parent: Context) -> Scope:
     """Derive a child of ``parent`` that ends when cancelled or when ``parent`` ends.
 
-    Returns the ``(ctx, cancel)`` pair (a ``Scope``), which is also a context manager
-    that cancels on exit. If ``parent`` already ended, ``ctx`` is born ended with the
-    parent's error and cause. The caller must call ``cancel`` on every path (or use
-    ``with``): until then the child stays registered with the parent. Non-blocking,
-    thread-safe. Raises ``TypeError`` if ``parent`` is not a Context (``None``
-    included).
+    Returns the ``(ctx, cancel)`` pair (a ``Scope``), which is also a context manager that
+    cancels on exit. The caller must call ``cancel`` on every path (or use ``with``): until
+    then the child stays registered with the parent.
 
-    Added in 0.1.
+    Non-blocking; each call makes a new context; thread-safe. If ``parent`` already
+    ended, the child is born ended with the parent's error and cause. Raises
+    ``TypeError`` if ``parent`` is not a Context (``None`` included: pass
+    ``tether.background()``).
     """
     return _derive(parent, "with_cancel", None, False, None)
 
@@ -885,15 +936,16 @@ def with_deadline(
     """Derive a child that also ends, with ``DeadlineExceeded``, at ``when``.
 
     ``when`` is a time on the clock's scale (``time.monotonic``; see ``ctx.deadline()``)
-    or a timezone-aware ``datetime``. The child's deadline is the earlier of ``when``
-    and the parent's; if the parent's is earlier no timer is armed. A ``when`` already
-    past makes a child born ended. ``cause`` is recorded as the cause only if the
-    deadline fires. Same pair, obligations and thread-safety as ``with_cancel``.
-    Raises ``TypeError`` for a ``None``/non-Context parent, a non-number ``when``
-    (``bool`` and ``str`` included) or a naive datetime; ``ValueError`` for NaN or
-    infinity.
+    or a timezone-aware ``datetime``. The child's deadline is the earlier of ``when`` and
+    the parent's; if the parent's is earlier or equal, no timer is armed. ``cause`` is
+    recorded as the cause only if this deadline fires. Same pair and obligations as
+    ``with_cancel``.
 
-    Added in 0.1.
+    Non-blocking; each call makes a new context; thread-safe. If ``parent`` already
+    ended, the child is born ended with the parent's error; if ``when`` already passed,
+    it is born ended with ``DeadlineExceeded``. Raises ``TypeError`` for a
+    ``None``/non-Context parent, a non-number ``when`` (``bool`` and ``str`` included), a
+    naive datetime or a non-exception cause; ``ValueError`` for NaN or infinity.
     """
     d = _clock_time(when)
     if cause is not None:
@@ -906,12 +958,14 @@ def with_timeout(
 ) -> Scope:
     """Derive a child that ends, with ``DeadlineExceeded``, ``seconds`` from now.
 
-    Exactly ``with_deadline(parent, now() + seconds, cause)``; zero or negative
-    ``seconds`` give a child born ended. ``seconds`` is an int, a float or a
-    ``timedelta``. Raises ``TypeError`` for a ``None``/non-Context parent or a
-    non-number (``bool`` and ``str`` included); ``ValueError`` for NaN or infinity.
+    Exactly ``with_deadline(parent, now() + seconds, cause)``. ``seconds`` is an int, a
+    float or a ``timedelta``.
 
-    Added in 0.1.
+    Non-blocking; each call makes a new context; thread-safe. If ``parent`` already
+    ended, the child is born ended with the parent's error; zero or negative ``seconds``
+    give a child born ended with ``DeadlineExceeded``. Raises ``TypeError`` for a
+    ``None``/non-Context parent, a non-number (``bool`` and ``str`` included) or a
+    non-exception cause; ``ValueError`` for NaN or infinity.
     """
     t = type(seconds)
     fast = (t is float or t is int) and seconds - seconds == 0  # type: ignore[operator]
@@ -929,12 +983,13 @@ def with_value(parent: Context, key: Key[T] | Hashable, value: T | Any) -> Conte
     """Derive a child that carries ``value`` under ``key``; cancellation is the parent's.
 
     The nearest binding wins (binding ``None`` shadows too). Use it for request-scoped
-    data (request id, trace, principal), not to pass optional arguments. No cancel
-    function: the child has no cancellation of its own. O(number of visible keys).
-    Non-blocking, thread-safe. Raises ``TypeError`` for a ``None``/non-Context parent
-    or an unhashable key, ``ValueError`` for a ``None`` key.
+    data (request id, trace, principal), not to pass optional arguments. There is no
+    cancel function: the child has no cancellation of its own. O(number of visible keys).
 
-    Added in 0.1.
+    Non-blocking; each call makes a new context; thread-safe. Under an already ended
+    parent the child is ended too (it shares the parent's state). Raises ``TypeError``
+    for a ``None``/non-Context parent or an unhashable key, ``ValueError`` for a ``None``
+    key.
     """
     p = _owner(parent)
     if key is None:
@@ -960,10 +1015,10 @@ def without_cancel(parent: Context) -> Context:
     """A child that keeps ``parent``'s values but never ends: no deadline, no cause.
 
     For work that must outlive the request that started it (an audit write, a cache
-    fill); give it its own timeout with ``with_timeout``. Non-blocking, thread-safe.
-    Raises ``TypeError`` for a ``None``/non-Context parent.
+    fill); give it its own timeout with ``with_timeout``.
 
-    Added in 0.1.
+    Non-blocking; each call makes a new context; thread-safe. Even under an already ended
+    parent the child is live. Raises ``TypeError`` for a ``None``/non-Context parent.
     """
     _owner(parent)
     c: Context = _new(Context)
@@ -978,12 +1033,13 @@ def without_cancel(parent: Context) -> Context:
 def cause(ctx: Context) -> BaseException | None:
     """Why ``ctx`` ended: ``None`` while live; else the first cause, or ``ctx.err()``.
 
-    The cause is the exception given to the first ``cancel(cause)`` of ``ctx`` or of
-    the ancestor whose cancellation ended it, or the ``cause=`` of the
+    The cause is the exception given to the first ``cancel(cause)`` of ``ctx`` or of the
+    ancestor whose cancellation ended it, or the ``cause=`` of the
     ``with_timeout``/``with_deadline`` whose deadline fired. Without one, it is
-    ``ctx.err()``. Non-blocking, thread-safe; never changes once non-``None``.
+    ``ctx.err()``. ``without_cancel`` contexts never have one.
 
-    Added in 0.1.
+    Non-blocking; idempotent (it never changes once non-``None``); thread-safe. Raises
+    ``TypeError`` if ``ctx`` is not a Context.
     """
     c = _owner(ctx)
     e = c._err
@@ -1028,15 +1084,15 @@ class _AfterFunc:
 def after_func(ctx: Context, fn: Callable[[], object]) -> Callable[[], bool]:
     """Arrange for ``fn()`` to run once, on another thread, after ``ctx`` ends.
 
-    If ``ctx`` already ended, ``fn`` is started at once (still on another thread).
     Returns ``stop``: ``stop()`` unregisters ``fn`` and returns ``True`` if that
     prevented it from running; ``False`` if ``fn`` was already started or already
-    stopped. ``stop`` is idempotent and thread-safe and does not wait for ``fn``.
-    ``fn`` never runs inside ``cancel()``; an exception it raises is logged on the
-    ``tether`` logger. For a context that can never end (``background()``) ``fn``
-    never runs. Raises ``TypeError`` if ``fn`` is not callable.
+    stopped. ``stop`` is idempotent and thread-safe and does not wait for ``fn``. ``fn``
+    never runs inside ``cancel()``; an exception it raises is logged on the ``tether``
+    logger. For a context that can never end (``background()``) ``fn`` never runs.
 
-    Added in 0.1.
+    Non-blocking; each call registers a new callback; thread-safe. If ``ctx`` already
+    ended, ``fn`` is started at once (still on another thread). Raises ``TypeError`` if
+    ``ctx`` is not a Context or ``fn`` is not callable.
     """
     c = _owner(ctx)
     if not callable(fn):
