@@ -93,8 +93,8 @@ def audit_after_end(ctx: tether.Context) -> None:
 async def handle_request(parent: tether.Context) -> None:
     # A plain `with`: the handler itself is not interrupted; it waits for its workers,
     # which each honour the deadline, and then answers.
-    with tether.with_timeout(parent, BUDGET) as ctx:
-        ctx = tether.with_value(ctx, REQUEST_ID, "req-7f3a")
+    with tether.with_timeout(parent, BUDGET) as request:
+        ctx = tether.with_value(request, REQUEST_ID, "req-7f3a")
         record("handler", f"request {ctx.value(REQUEST_ID)} starts, budget {BUDGET * 1000:.0f} ms")
         tether.after_func(ctx, lambda: audit_after_end(ctx))
         threads = [
