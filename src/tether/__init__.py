@@ -66,3 +66,10 @@ __all__ = [
     "with_value",
     "without_cancel",
 ]
+
+# Tracebacks, reprs and docs show the public path (the classes set it themselves).
+for _name in __all__:
+    _obj = globals()[_name]
+    if getattr(_obj, "__module__", "").startswith("tether._"):
+        _obj.__module__ = __name__
+del _name, _obj
