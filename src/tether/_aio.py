@@ -135,7 +135,7 @@ class TaskInterrupt:
 
 
 def enter_scope(cf: CancelFunc) -> Context:
-    task = current_task()
+    task = current_task() if _get_running_loop() is not None else None
     if task is None:
         raise RuntimeError(
             "tether: `async with` a context must run inside an asyncio task; "
