@@ -645,7 +645,7 @@ class CancelFunc:
     _token: Token[Context]
     _aio: TaskInterrupt | None
 
-    def __init__(self) -> None:
+    def __new__(cls) -> CancelFunc:  # not __init__: no half-made instance reaches __del__
         raise TypeError("tether: cancel functions come from with_cancel/with_timeout/...")
 
     def __call__(self, cause: BaseException | None = None) -> None:
