@@ -362,6 +362,8 @@ class Done:
             timeout = _seconds(timeout, "timeout")
             if timeout <= 0:
                 return False
+            if timeout > threading.TIMEOUT_MAX:  # longer than a lock can wait: no limit
+                timeout = None
         ev = c._event
         if ev is None:
             if c is _BACKGROUND:
