@@ -14,7 +14,7 @@ times.
 from __future__ import annotations
 
 import threading
-from asyncio import AbstractEventLoop, CancelledError, Task, current_task
+from asyncio import AbstractEventLoop, CancelledError, current_task
 from asyncio.events import _get_running_loop
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
@@ -24,7 +24,7 @@ from . import _context
 if TYPE_CHECKING:
     from ._context import CancelFunc, Context
 
-__all__ = ["TaskInterrupt", "enter_scope", "exit_scope", "wait_done", "waker_for"]
+__all__ = ["enter_scope", "exit_scope", "wait_done", "waker_for"]
 
 
 class _Waker:
@@ -33,15 +33,22 @@ class _Waker:
     def __init__(self, loop: AbstractEventLoop) -> None:
         self.loop = loop
         self._lock = threading.Lock()
-        self._pending: list[Callable[[], object]] | None = None  # None: no drain scheduled
+        self._pending: list[Any] | None = None  # None: no drain scheduled
 
     def post(self, fn: Callable[[], object]) -> None:
-        """Run ``fn`` on the loop soon. Any thread; never blocks; drops it if closed."""
+        """Run ``fn`` on the loop soon. Any thread; never blocks; dropped if closed."""
+        self.post_many([fn])
+
+    def post_many(self, fns: list[Any]) -> None:
+        """Run each of ``fns`` on the loop soon, in order, in one loop callback.
+
+        A CancelFunc among them stands for its ``_interrupt()`` (no bound method made).
+        """
         with self._lock:
             if self._pending is not None:
-                self._pending.append(fn)
+                self._pending.extend(fns)
                 return
-            self._pending = [fn]
+            self._pending = fns
         loop = self.loop
         try:
             if _get_running_loop() is loop:
@@ -56,8 +63,12 @@ class _Waker:
         with self._lock:
             batch = self._pending
             self._pending = None
+        cancel_func = _context.CancelFunc
         for fn in batch or ():
-            fn()
+            if type(fn) is cancel_func:
+                fn._interrupt()
+            else:
+                fn()
 
 
 _tls = threading.local()
@@ -72,16 +83,14 @@ def waker_for(loop: AbstractEventLoop) -> _Waker:
 
 
 class _FutureWaiter:
-    __slots__ = ("_fut", "_waker")
+    """Resolves ``fut`` on its loop's thread (registered as ``(waker, self)``)."""
 
-    def __init__(self, waker: _Waker, fut: Any) -> None:
-        self._waker = waker
+    __slots__ = ("_fut",)
+
+    def __init__(self, fut: Any) -> None:
         self._fut = fut
 
-    def __call__(self) -> None:  # any thread
-        self._waker.post(self._resolve)
-
-    def _resolve(self) -> None:  # loop thread
+    def __call__(self) -> None:
         if not self._fut.done():
             self._fut.set_result(None)
 
@@ -104,34 +113,13 @@ def wait_done(c: Context) -> Generator[Any, None, None]:
     if c is _context._BACKGROUND:  # never ends: wait for the task's own cancellation
         yield from fut
         return
-    w = _FutureWaiter(waker_for(loop), fut)
+    w = (waker_for(loop), _FutureWaiter(fut))
     if not _context._add_waiter(c, w):
         return
     try:
         yield from fut
     finally:
         _context._remove_waiter(c, w)
-
-
-class TaskInterrupt:
-    """The waiter an ``async with`` scope registers: cancels its task when ctx ends."""
-
-    __slots__ = ("active", "cancelling", "interrupted", "task", "waker")
-
-    def __init__(self, task: Task[Any], waker: _Waker) -> None:
-        self.task = task
-        self.waker = waker
-        self.cancelling = task.cancelling()
-        self.active = True
-        self.interrupted = False
-
-    def __call__(self) -> None:  # any thread
-        self.waker.post(self._fire)
-
-    def _fire(self) -> None:  # loop thread, between steps of the task
-        if self.active and not self.interrupted:
-            self.interrupted = True
-            self.task.cancel()
 
 
 def enter_scope(cf: CancelFunc) -> Context:
@@ -141,32 +129,33 @@ def enter_scope(cf: CancelFunc) -> Context:
             "tether: `async with` a context must run inside an asyncio task; "
             "use a plain `with` elsewhere"
         )
-    ti = TaskInterrupt(task, waker_for(task.get_loop()))
-    ctx = cf._enter(ti)
+    cf._task = task
+    cf._cancelling = task.cancelling()
+    cf._waker = waker_for(task.get_loop())
+    ctx = cf._enter(_context._ASYNC)
     c = ctx._c
-    if c is not _context._BACKGROUND and not _context._add_waiter(c, ti):
-        ti()  # born ended: interrupt at the body's first suspension, as asyncio.timeout(0)
+    if c is not _context._BACKGROUND and not _context._add_waiter(c, cf):
+        # born ended: interrupt at the body's first suspension, as asyncio.timeout(0)
+        cf._waker.post(cf._interrupt)
     return ctx
 
 
 def exit_scope(
     cf: CancelFunc, exc_type: type[BaseException] | None, exc: BaseException | None
 ) -> None:
-    ti = cf._aio
-    assert ti is not None
-    ti.active = False
-    c = cf._ctx
-    if ti.interrupted:
-        cf._exit()
-        if (
-            ti.task.uncancel() <= ti.cancelling
-            and exc_type is not None
-            and issubclass(exc_type, CancelledError)
-        ):
-            err = _context._fresh_error(c)
-            if err.__cause__ is None:
-                raise err from exc
-            raise err
+    task = cf._task
+    assert task is not None
+    cf._task = None  # no task -> frame -> cancel function -> task cycle
+    if not cf._state & _context._INTERRUPTED:
+        cf._exit(cf)  # unregister the interrupter and cancel, under one lock hold
         return
-    _context._remove_waiter(c, ti)
     cf._exit()
+    if (
+        task.uncancel() <= cf._cancelling
+        and exc_type is not None
+        and issubclass(exc_type, CancelledError)
+    ):
+        # No local may hold the new error: its traceback holds this frame, and a cycle
+        # would keep frames, tracebacks and the task's handles alive until a GC pass.
+        c = cf._ctx._c
+        raise _context._fresh_error(c) from (exc if c._cause is None else c._cause)

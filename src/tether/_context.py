@@ -19,7 +19,8 @@ records the measurements.
 Locking
 -------
 ``_LOCK`` is one process-wide leaf lock. It protects, on every owner: ``_err``,
-``_cause``, ``_children``, ``_waiters``, ``_entry``, ``_event``; and every timer heap.
+``_cause``, ``_children``, ``_waiters``, ``_entry``, ``_event``; and every timer
+queue.
 Whoever holds it never calls user code, never blocks, never takes another lock (except
 releasing the timer thread's wake lock, which cannot block). Cancellation therefore runs
 in two phases: under the lock, mark the whole subtree ended and collect what must be
@@ -36,18 +37,19 @@ import sys
 import threading
 import warnings
 from collections.abc import Callable, Generator, Hashable
-from contextvars import ContextVar, Token
+from contextvars import ContextVar
 from datetime import UTC, datetime, timedelta
 from heapq import heappush as _heappush
 from types import CodeType, TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, final, overload
 
-from . import _clock
-from ._clock import _seq
+from . import _clock, _runner
 from ._errors import Canceled, ContextError, DeadlineExceeded, LostCancelWarning
 
 if TYPE_CHECKING:
-    from ._aio import TaskInterrupt
+    from asyncio import Task
+
+    from ._aio import _Waker
 
 __all__ = [
     "CancelFunc",
@@ -68,11 +70,27 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-Waiter = Callable[[], object]
+# What a context wakes when it ends: a callable run on the canceller's thread (a thread
+# event's ``set``, an after_func hand-off), a ``(waker, fn)`` pair whose ``fn`` runs on the
+# waker's event loop, or a CancelFunc inside ``async with`` (it interrupts its task).
+Waiter = Any
 
 _LOCK = threading.Lock()
 _new = object.__new__
 _getframe = sys._getframe
+
+# The asyncio bridge, imported on first use so that `import tether` does not import
+# asyncio (a function-level import costs microseconds per call; this global does not).
+_aio: Any = None
+
+
+def _load_aio() -> Any:
+    global _aio
+    from . import _aio as mod
+
+    _aio = mod
+    return mod
+
 
 # Set by the test leak checker (tether.testing) to a WeakKeyDictionary: every owner
 # derived while it is set is recorded with its creation site (code, lasti), so a test can
@@ -143,8 +161,8 @@ class Context:
         "_dcause",  # the cause recorded if the deadline fires
         "_pnode",  # the owner it is registered with, or None
         "_children",  # (L) set of registered child owners, or None
-        "_waiters",  # (L) dict of callables to run when it ends, or None
-        "_entry",  # (L) its timer heap entry, or None
+        "_waiters",  # (L) what to wake when it ends: None, one waiter, or a dict of them
+        "_entry",  # (L) the TimerQueue its deadline is armed in, or None
         "_event",  # (L) threading.Event for Done.wait, made on the first wait
         "_done",  # the cached Done handle
         "__weakref__",
@@ -162,8 +180,8 @@ class Context:
     _dcause: BaseException | None
     _pnode: Context | None
     _children: set[Context] | None
-    _waiters: dict[Waiter, None] | None
-    _entry: list[Any] | None
+    _waiters: Waiter | dict[Waiter, None] | None
+    _entry: _clock.TimerQueue | None
     _event: threading.Event | None
     _done: Done | None
 
@@ -279,7 +297,7 @@ class Context:
         if kind == "with_value":
             label = self._label
             return f"with_value({label.name if type(label) is Key else repr(label)[:40]})"
-        if kind == "with_deadline" and self._c is self and self._entry is not None:
+        if kind == "with_deadline" and self._c is self and self._err is None:
             d = self._deadline
             assert d is not None
             return f"with_deadline(in {d - _clock.now():.3g}s)"
@@ -374,9 +392,7 @@ class Done:
                 ev = c._event
                 if ev is None:
                     ev = c._event = threading.Event()
-                    if c._waiters is None:
-                        c._waiters = {}
-                    c._waiters[ev.set] = None
+                    _put_waiter(c, ev.set)
         return ev.wait(timeout)
 
     def __await__(self) -> Generator[Any, None, None]:
@@ -390,9 +406,8 @@ class Done:
         thread-safe. On an already ended context it returns at once. Raises ``RuntimeError``
         when awaited outside asyncio and Trio.
         """
-        from ._aio import wait_done
-
-        return wait_done(self._c)
+        gen: Generator[Any, None, None] = (_aio or _load_aio()).wait_done(self._c)
+        return gen
 
     def __bool__(self) -> bool:
         raise TypeError(
@@ -408,6 +423,31 @@ class Done:
 # The tree: registration, waiters, cancellation
 
 
+def _put_waiter(c: Context, w: Waiter) -> None:
+    """Register ``w`` on live owner ``c``. Holds _LOCK.
+
+    One waiter is stored as itself (most contexts have at most one), more in a dict.
+    """
+    ws = c._waiters
+    if ws is None:
+        c._waiters = w
+    elif type(ws) is dict:
+        ws[w] = None
+    else:
+        c._waiters = {ws: None, w: None}
+
+
+def _drop_waiter(c: Context, w: Waiter) -> None:
+    """Unregister ``w`` from owner ``c`` if it is there. Holds _LOCK."""
+    ws = c._waiters
+    if ws is None:
+        return
+    if type(ws) is dict:
+        ws.pop(w, None)
+    elif ws == w:
+        c._waiters = None
+
+
 def _add_waiter(c: Context, w: Waiter) -> bool:
     """Register ``w`` to run when owner ``c`` ends. False (nothing kept) if already ended.
 
@@ -416,52 +456,56 @@ def _add_waiter(c: Context, w: Waiter) -> bool:
     with _LOCK:
         if c._err is not None:
             return False
-        ws = c._waiters
-        if ws is None:
-            ws = c._waiters = {}
-        ws[w] = None
+        _put_waiter(c, w)
         return True
 
 
 def _remove_waiter(c: Context, w: Waiter) -> None:
     with _LOCK:
-        ws = c._waiters
-        if ws is not None:
-            ws.pop(w, None)
+        _drop_waiter(c, w)
 
 
-def _mark(root: Context, err: ContextError, cause: BaseException | None) -> list[Waiter] | None:
+def _mark(
+    root: Context,
+    err: ContextError,
+    cause: BaseException | None,
+    out: list[Waiter] | None = None,
+) -> list[Waiter] | None:
     """End ``root`` and its whole subtree. Holds _LOCK. Returns the waiters to wake.
 
     ``root`` must be live. It is unlinked from the owner it is registered with; its
     descendants need no unlinking, since their parents' child sets are dropped whole.
+    The waiters are appended to ``out`` (a new list if it is ``None`` and there are any).
     """
-    out: list[Waiter] | None = None
     c = root
     stack: list[Context] | None = None
     while True:
         c._cause = cause
         c._err = err
-        e = c._entry
-        if e is not None:
+        q = c._entry
+        if q is not None:  # disarm its timer (inline, as arming is)
             c._entry = None
-            if e[2] is not None:  # still in the heap (not popped by an expiry)
-                e[2] = None
-                q = e[3]
+            d: float = c._deadline  # type: ignore[assignment]  # armed: it has one
+            armed = q.armed
+            b = armed[d]
+            if b is c:
+                del armed[d]
                 h = q.heap
-                if h[-1] is e:  # the newest timer, cancelled first: common, and O(1)
+                if h[-1] == d:  # the newest timer, cancelled first: common, and O(1)
                     h.pop()
-                else:
-                    q.dead += 1
-                    if q.dead > q.compact_at:
-                        q.compact()
+                elif len(h) > 2 * len(armed):
+                    q.compact()
+            else:
+                del b[c]
         ws = c._waiters
         if ws is not None:
             c._waiters = None
             if out is None:
-                out = list(ws)
-            else:
+                out = []
+            if type(ws) is dict:
                 out.extend(ws)
+            else:
+                out.append(ws)
         ch = c._children
         if ch is not None:
             c._children = None
@@ -481,18 +525,44 @@ def _mark(root: Context, err: ContextError, cause: BaseException | None) -> list
 
 
 def _notify(out: list[Waiter]) -> None:
+    """Wake what ``_mark`` collected. Called without the lock.
+
+    A waiter is a callable run here (a thread event's ``set``, an ``after_func``
+    hand-off), a ``(waker, fn)`` pair whose ``fn`` must run on the waker's event loop, or
+    a CancelFunc in ``async with``, whose ``_interrupt`` runs on its waker's loop. Loop
+    work is grouped so that each loop is posted to once, however many of its tasks were
+    waiting, and without allocating per waiter.
+    """
+    loops: dict[_Waker, list[Any]] | None = None
     for w in out:
-        try:
+        t = type(w)
+        if t is CancelFunc:  # the waker's drain calls its _interrupt()
+            waker, fn = w._waker, w
+        elif t is tuple:
+            waker, fn = w
+        else:
             w()
-        except Exception:  # pragma: no cover - internal waiters do not raise
-            import logging
+            continue
+        if loops is None:
+            loops = {}
+        fns = loops.get(waker)
+        if fns is None:
+            loops[waker] = [fn]
+        else:
+            fns.append(fn)
+    if loops is not None:
+        for waker, fns in loops.items():
+            waker.post_many(fns)
 
-            logging.getLogger("tether").exception("tether: a context waiter raised")
 
-
-def _cancel(c: Context, err: ContextError, cause: BaseException | None) -> None:
+def _cancel(
+    c: Context, err: ContextError, cause: BaseException | None, drop: Waiter | None = None
+) -> None:
+    """End owner ``c`` (first cancellation wins); first unregister ``drop``, if given."""
     _LOCK.acquire()
     try:
+        if drop is not None:
+            _drop_waiter(c, drop)
         if c._err is not None:
             return
         out = _mark(c, err, cause)
@@ -503,14 +573,17 @@ def _cancel(c: Context, err: ContextError, cause: BaseException | None) -> None:
 
 
 def _expire(due: list[Context]) -> None:
-    """End contexts whose deadline passed (timer thread or FakeClock.advance)."""
+    """End contexts whose deadline passed (timer thread or FakeClock.advance).
+
+    Contexts that expire together share one ``DeadlineExceeded`` instance, as a subtree
+    ended by one cancellation does.
+    """
     out: list[Waiter] = []
+    err = DeadlineExceeded()
     with _LOCK:
         for c in due:
             if c._err is None:
-                ws = _mark(c, DeadlineExceeded(), c._dcause)
-                if ws is not None:
-                    out.extend(ws)
+                _mark(c, err, c._dcause, out)
     if out:
         _notify(out)
 
@@ -595,12 +668,20 @@ def _derive(
                 else:
                     ch.add(c)
             if deadline is not None:  # arm (inline: this is the hot path of with_timeout)
+                # arm (inline: this is with_timeout's hot path; see _clock's comment)
                 q = _clock.timers
-                entry = [deadline, next(_seq), c, q]
-                _heappush(q.heap, entry)
-                c._entry = entry
-                if deadline < q.wake_at:
-                    q.wake(deadline)
+                armed = q.armed
+                b = armed.get(deadline)
+                if b is None:
+                    armed[deadline] = c
+                    _heappush(q.heap, deadline)
+                    if deadline < q.wake_at:
+                        q.wake(deadline)
+                elif type(b) is dict:
+                    b[c] = None
+                else:
+                    armed[deadline] = {b: None, c: None}
+                c._entry = q
         finally:
             _LOCK.release()
     cf: CancelFunc = _new(CancelFunc)
@@ -617,8 +698,11 @@ def _derive(
 # --------------------------------------------------------------------------------------
 # Cancel functions and scopes
 
-_ENTERED = 1
-_EXITED = 2
+# CancelFunc._state bits
+_ENTERED = 1  # entered with `with` or `async with`
+_ASYNC = 2  # ... with `async with`: it interrupts its task when the context ends
+_INTERRUPTED = 4  # ... and it did
+_EXITED = 8
 
 
 @final
@@ -638,14 +722,18 @@ class CancelFunc:
     Added in 0.1.
     """
 
-    __slots__ = ("_aio", "_code", "_ctx", "_lasti", "_state", "_token")
+    __slots__ = ("_cancelling", "_code", "_ctx", "_lasti", "_prev", "_state", "_task", "_waker")
     __module__ = "tether"
     _ctx: Context
     _code: CodeType
     _lasti: int
     _state: int
-    _token: Token[Context]
-    _aio: TaskInterrupt | None
+    _prev: Context  # current() before the block was entered
+    # set by `async with` (see _aio.enter_scope): the task to interrupt, its cancelling()
+    # count at entry, and its loop's waker
+    _task: Task[Any] | None
+    _cancelling: int
+    _waker: _Waker
 
     def __new__(cls) -> CancelFunc:  # not __init__: no half-made instance reaches __del__
         raise TypeError("tether: cancel functions come from with_cancel/with_timeout/...")
@@ -701,25 +789,35 @@ class CancelFunc:
 
     # -- used by Scope ------------------------------------------------------------------
 
-    def _enter(self, aio: TaskInterrupt | None) -> Context:
+    def _enter(self, flags: int) -> Context:
         if self._state:
             raise RuntimeError(
                 "tether: this (ctx, cancel) scope was already entered; derive a new "
                 "context for each `with` block"
             )
-        self._state = _ENTERED
-        self._aio = aio
+        self._state = _ENTERED | flags
         c = self._ctx
-        self._token = _current.set(c)
+        # Keep the previous context rather than the Token: a Token (and its hold on the
+        # old mapping) per open block costs collector time with thousands of tasks.
+        self._prev = _current.get(_BACKGROUND)
+        _current.set(c)
         return c
 
-    def _exit(self) -> None:
-        self._state = _EXITED
-        try:
-            _current.reset(self._token)
-        except ValueError:  # exited in another contextvars context; leave it be
-            pass
-        self(None)
+    def _exit(self, drop: Waiter | None = None) -> None:
+        """Leave the block: restore ``current()``, unregister ``drop``, cancel."""
+        self._state |= _EXITED
+        _current.set(self._prev)
+        c = self._ctx
+        if c._err is None or drop is not None:
+            _cancel(c, Canceled(), None, drop)
+
+    def _interrupt(self) -> None:
+        """On the task's loop: cancel the task if its `async with` block is still active."""
+        if self._state == _ENTERED | _ASYNC:
+            self._state |= _INTERRUPTED
+            task = self._task
+            assert task is not None
+            task.cancel()
 
 
 def _site(code: CodeType, lasti: int) -> tuple[str, int]:
@@ -765,7 +863,7 @@ class Scope(tuple[Context, CancelFunc]):
         return self[1]
 
     def __enter__(self) -> Context:
-        return self[1]._enter(None)
+        return self[1]._enter(0)
 
     def __exit__(
         self,
@@ -776,9 +874,8 @@ class Scope(tuple[Context, CancelFunc]):
         self[1]._exit()
 
     async def __aenter__(self) -> Context:
-        from ._aio import enter_scope
-
-        return enter_scope(self[1])
+        ctx: Context = (_aio or _load_aio()).enter_scope(self[1])
+        return ctx
 
     async def __aexit__(
         self,
@@ -786,9 +883,7 @@ class Scope(tuple[Context, CancelFunc]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        from ._aio import exit_scope
-
-        exit_scope(self[1], exc_type, exc)
+        (_aio or _load_aio()).exit_scope(self[1], exc_type, exc)
 
     def __repr__(self) -> str:
         return f"<tether.Scope of {self[0]!r}>"
@@ -1068,18 +1163,14 @@ class _AfterFunc:
             if self._state:
                 return
             self._state = 1
-        from ._runner import submit
-
-        submit(self._fn)
+        _runner.submit(self._fn)
 
     def stop(self) -> bool:
         with _LOCK:
             if self._state:
                 return False
             self._state = 2
-            ws = self._c._waiters
-            if ws is not None:
-                ws.pop(self, None)
+            _drop_waiter(self._c, self)
             return True
 
 
