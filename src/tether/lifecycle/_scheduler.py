@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import _clock
-from .._context import Context, with_cancel, with_deadline, with_timeout, with_value
+from .._context import CancelFunc, Context, with_cancel, with_deadline, with_timeout, with_value
 from .._errors import ContextError, DeadlineExceeded
 from ._common import (
     LOG,
@@ -200,7 +200,7 @@ class Scheduler:
         raises ``RuntimeError``). Raises ``TypeError`` if a job is a coroutine function
         (use ``arun``) or ``ctx`` is not a Context, ``RuntimeError`` with no jobs; a
         ``BaseException`` that is not an ``Exception`` (``SystemExit``) raised by a run
-        stops that job and is re-raised here once the others stopped.
+        stops every job and is re-raised here once their runs returned.
 
         Added in 0.1.
         """
@@ -212,7 +212,15 @@ class Scheduler:
         ticks, stop_ticks = with_cancel(ctx)
         try:
             threads = [
-                start_thread(f"{self._name}-{j.stats.name}", self._job_loop, ticks, work, j, anchor)
+                start_thread(
+                    f"{self._name}-{j.stats.name}",
+                    self._job_loop,
+                    ticks,
+                    stop_ticks,
+                    work,
+                    j,
+                    anchor,
+                )
                 for j in jobs
             ]
             for t in threads:
@@ -250,6 +258,7 @@ class Scheduler:
                     f"{self._name}-{j.stats.name}",
                     self._job_loop,
                     ticks,
+                    stop_ticks,
                     work,
                     j,
                     anchor,
@@ -269,9 +278,10 @@ class Scheduler:
             job.stats = dataclasses.replace(job.stats, **changes)
             return job.stats
 
-    def _job_loop(
+    def _job_loop(  # noqa: PLR0917
         self,
         ctx: Context,
+        stop_all: CancelFunc,
         work: Context,
         job: _Job,
         anchor: float,
@@ -302,11 +312,11 @@ class Scheduler:
                         extra={"worker": s.name, "event": "job_skipped", "skipped": skipped},
                     )
                 k = nk
-        except BaseException as e:  # SystemExit and the like: stop this job, report it
+        except BaseException as e:  # SystemExit and the like: stop everything, re-raise
             with self._lock:
                 if self._error is None:
                     self._error = e
-            raise
+            stop_all(e)
 
     def _run_once(self, work: Context, job: _Job, loop: asyncio.AbstractEventLoop | None) -> None:
         name = job.stats.name
