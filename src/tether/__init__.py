@@ -42,6 +42,11 @@ from ._context import (
     without_cancel,
 )
 from ._errors import Canceled, ContextError, DeadlineExceeded, LostCancelWarning
+from ._group import Group, Handle
+from ._limiter import Limiter
+from ._sleep import asleep, sleep
+from ._taskgroup import TaskGroup, TaskHandle
+from ._thread import to_thread
 
 __version__ = "0.1.0"
 
@@ -52,13 +57,21 @@ __all__ = [
     "ContextError",
     "DeadlineExceeded",
     "Done",
+    "Group",
+    "Handle",
     "Key",
+    "Limiter",
     "LostCancelWarning",
     "Scope",
+    "TaskGroup",
+    "TaskHandle",
     "after_func",
+    "asleep",
     "background",
     "cause",
     "current",
+    "sleep",
+    "to_thread",
     "todo",
     "with_cancel",
     "with_deadline",
