@@ -21,7 +21,14 @@ __all__ = ["LeakCheck", "Leaks"]
 
 # tether's own threads come and go with the work (the timer exits when idle, the
 # after_func workers after IDLE_SECONDS), and pytest-timeout's watchdog is not ours.
-IGNORED_THREAD_PREFIXES = ("tether-timer", "tether-after-func-", "pytest_timeout")
+# Group/to_thread workers are renamed tether-worker-idle-N while idle (not a leak); one
+# still named tether-worker-N after a test is running a task the test left behind.
+IGNORED_THREAD_PREFIXES = (
+    "tether-timer",
+    "tether-after-func-",
+    "tether-worker-idle-",
+    "pytest_timeout",
+)
 
 
 @dataclass
