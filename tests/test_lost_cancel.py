@@ -1,0 +1,200 @@
+"""LostCancelWarning: a cancel function garbage-collected un-called while its context is
+live warns, naming the line that derived the context (Go's `go vet` lostcancel, at run
+time, for real leaks only)."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import pytest
+
+import tether
+from tether.testing import FakeClock
+
+bg = tether.background
+
+
+class Lost:
+    """Collects LostCancelWarnings (overriding the suite's error filter) for a block."""
+
+    def __enter__(self) -> list[warnings.WarningMessage]:
+        self._cm = warnings.catch_warnings(record=True)
+        self.records = self._cm.__enter__()
+        warnings.simplefilter("always")
+        return self.records
+
+    def __exit__(self, *exc: object) -> None:
+        gc.collect()
+        self._cm.__exit__(*exc)
+
+    @property
+    def lost(self) -> list[warnings.WarningMessage]:
+        return [r for r in self.records if issubclass(r.category, tether.LostCancelWarning)]
+
+
+def _line() -> int:
+    return sys._getframe(1).f_lineno + 1  # the line after the caller's
+
+
+def test_warns_with_the_creation_site():
+    parent, cancel_parent = tether.with_cancel(bg())
+    lost = Lost()
+    with lost:
+        line = _line()
+        ctx, cancel = tether.with_cancel(parent)
+        del cancel  # dropped un-called while ctx is live
+    [w] = lost.lost
+    assert w.filename == __file__
+    assert w.lineno == line
+    msg = str(w.message)
+    assert msg.startswith("tether:")
+    assert f"{__file__}:{line}" in msg
+    assert "cancel()" in msg  # says what to do instead
+    assert ctx.err() is None
+    cancel_parent()  # the lost context lived until its parent ended
+
+
+@pytest.mark.parametrize("kind", ["with_timeout", "with_deadline"])
+def test_warns_for_deadlines_too(kind):
+    with FakeClock(start=1000.0) as clock:
+        lost = Lost()
+        with lost:
+            line = _line()
+            scope = getattr(tether, kind)(bg(), 1000 + 5 if kind == "with_deadline" else 5)
+            del scope
+        [w] = lost.lost
+        assert (w.filename, w.lineno) == (__file__, line)
+        assert clock.timers() == 1  # the real leak: still armed
+        clock.advance(5)  # ...until its deadline
+
+
+def test_warns_under_background():
+    lost = Lost()
+    with lost:
+        line = _line()
+        tether.with_cancel(bg())  # the pair is dropped at once
+    [w] = lost.lost
+    assert w.lineno == line
+
+
+def test_warns_from_a_nested_helper_at_the_helper_line():
+    parent, cancel_parent = tether.with_cancel(bg())
+
+    def helper(p):
+        return tether.with_cancel(p)[0]  # the cancel function is thrown away
+
+    lost = Lost()
+    with lost:
+        helper(parent)
+    [w] = lost.lost
+    assert w.lineno == helper.__code__.co_firstlineno + 1
+    cancel_parent()
+
+
+def test_category_is_a_resource_warning():
+    assert issubclass(tether.LostCancelWarning, ResourceWarning)
+
+
+def _no_warning(block) -> None:
+    lost = Lost()
+    with lost:
+        block()
+    assert lost.lost == []
+
+
+def test_not_emitted_when_cancelled():
+    def block():
+        _ctx, cancel = tether.with_cancel(bg())
+        cancel()
+        del cancel
+        _, cancel2 = tether.with_timeout(bg(), 60)
+        cancel2(ValueError("done"))
+
+    _no_warning(block)
+
+
+def test_not_emitted_when_entered():
+    async def in_task():
+        async with tether.with_timeout(bg(), 60):
+            pass
+
+    def block():
+        with tether.with_cancel(bg()):
+            pass
+        asyncio.run(in_task())
+
+    _no_warning(block)
+
+
+def test_not_emitted_when_the_deadline_already_fired():
+    with FakeClock(start=1000.0) as clock:
+
+        def block():
+            _, cancel = tether.with_timeout(bg(), 1)
+            clock.advance(1)
+            del cancel
+
+        _no_warning(block)
+
+
+def test_not_emitted_when_born_ended_or_ended_by_the_parent():
+    def block():
+        tether.with_timeout(bg(), 0)  # born expired
+        parent, cancel_parent = tether.with_cancel(bg())
+        _, cancel = tether.with_cancel(parent)
+        cancel_parent()  # ends the child before its cancel function is dropped
+        del cancel
+        tether.with_cancel(parent)  # born ended under an ended parent
+
+    _no_warning(block)
+
+
+def _run(code: str, *flags: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *flags, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+LOSE = """
+import gc, tether
+parent, cancel_parent = tether.with_cancel(tether.background())
+def handler():
+    ctx, cancel = tether.with_cancel(parent)  # line 5
+handler()
+gc.collect()
+cancel_parent()
+"""
+
+
+def test_hidden_by_default_like_every_resource_warning():
+    proc = _run(LOSE)
+    assert proc.returncode == 0
+    assert proc.stderr == ""
+
+
+@pytest.mark.parametrize("flags", [("-X", "dev"), ("-W", "default")], ids=["dev", "default"])
+def test_shown_with_warnings_enabled(flags):
+    proc = _run(LOSE, *flags)
+    assert proc.returncode == 0, proc.stderr
+    assert "LostCancelWarning" in proc.stderr
+    assert "<string>:5" in proc.stderr
+
+
+def test_not_emitted_at_interpreter_exit():
+    # A program-lifetime context (e.g. a module-level root) is not a leak at exit.
+    code = """
+    import tether
+    ROOT, STOP = tether.with_cancel(tether.background())
+    CHILD, STOP_CHILD = tether.with_timeout(ROOT, 3600)
+    """
+    proc = _run(code, "-X", "dev", "-W", "error::ResourceWarning")
+    assert proc.returncode == 0, proc.stderr
+    assert "LostCancelWarning" not in proc.stderr
