@@ -210,7 +210,6 @@ class WorkerPool(Generic[T]):
         """
         if type(ctx) is not Context:
             raise TypeError(f"tether: put needs a tether.Context, got {type(ctx).__name__}")
-        ctx.check()
         stop = after_func(ctx, self._poke)
         try:
             with self._cond:
@@ -296,10 +295,11 @@ class WorkerPool(Generic[T]):
             ctx.done().wait()
             self._close_intake()
             self._wait_workers(work)
-            if work.err() is not None and self._live:
+            if work.err() is not None:
                 self._stop_taking("drain deadline")
-                self._wait_workers(None, self._grace)
-                self._report_abandoned()
+                if self._live:
+                    self._wait_workers(None, self._grace)
+                    self._report_abandoned()
         finally:
             cancel_work()
             with self._cond:
@@ -419,8 +419,8 @@ class WorkerPool(Generic[T]):
             while True:
                 with self._cond:
                     while True:
-                        if self._state in (_STOPPING, _STOPPED):
-                            return
+                        if self._state in (_STOPPING, _STOPPED) or work.err() is not None:
+                            return  # (the drain ended: run() drops and reports the queue)
                         if self._queue:
                             seq, item = self._queue.popleft()
                             rid = new_request_id()
