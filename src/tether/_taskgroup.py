@@ -40,10 +40,8 @@ __all__ = ["TaskGroup", "TaskHandle"]
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
 
-_PENDING = 0
-_DONE = 1
-
 # Bound on first use (TaskGroup._bind), so that importing this module imports no asyncio.
+_new = object.__new__
 _get_running_loop: Callable[[], AbstractEventLoop | None] | None = None
 _CancelledError: type[BaseException] = BaseException  # replaced by asyncio's on first use
 
@@ -71,28 +69,19 @@ class TaskHandle(Generic[T]):
     Added in 0.1.
     """
 
-    __slots__ = (
-        "_coro",
-        "_cv",
-        "_exc",
-        "_group",
-        "_interrupted",
-        "_state",
-        "_task",
-        "_value",
-        "_waiters",
-    )
+    # Hot fields are slots; the rarely set ones live in a lazily made __dict__ and read
+    # their class defaults until set (one allocation less per task: go() is hot).
+    __slots__ = ("__dict__", "_done", "_exc", "_group", "_task", "_value")
     __module__ = "tether"
 
     _group: TaskGroup
     _task: Task[T] | None
-    _coro: Coroutine[Any, Any, T] | None  # while queued for a slot
-    _cv: _CVContext | None  # while queued for a slot
-    _state: int
-    _value: T | None
-    _exc: BaseException | None
-    _waiters: list[Future[None]] | None
-    _interrupted: bool
+    _done: bool
+    _value: T | None  # set when done
+    _exc: BaseException | None  # set when done
+    _pending: tuple[Coroutine[Any, Any, T], _CVContext | None] | None = None  # queued
+    _waiters: list[Future[None]] | None = None  # awaiting before it finished
+    _interrupted: bool = False  # the group cancelled the task because g.ctx ended
 
     def __init__(self) -> None:
         raise TypeError("tether: task handles come from TaskGroup.go()/try_go()/ago()")
@@ -101,10 +90,11 @@ class TaskHandle(Generic[T]):
         """True once the task has finished (returned, raised or was cancelled).
 
         Non-blocking, idempotent (never goes back to False), never raises. Thread-safe
-        to call from any thread, but the answer is only stable on the group's loop. A handle still queued
-        for a slot is not done; whether ``g.ctx`` already ended does not matter.
+        to call from any thread, but the answer is only stable on the group's loop. A
+        handle still queued for a slot is not done; whether ``g.ctx`` already ended does
+        not matter.
         """
-        return self._state == _DONE
+        return self._done
 
     def result(self) -> T:
         """The task's value, or raise its exception; the task must have finished.
@@ -116,7 +106,7 @@ class TaskHandle(Generic[T]):
         Raises the task's exception, ``CancelledError`` if something other than the
         group cancelled it, and ``asyncio.InvalidStateError`` if it has not finished.
         """
-        if self._state != _DONE:
+        if not self._done:
             from asyncio import InvalidStateError
 
             raise InvalidStateError("tether: the task has not finished; await the handle")
@@ -135,7 +125,7 @@ class TaskHandle(Generic[T]):
         ``g.ctx`` already ended or ended while it ran raises ``g.ctx``'s error. Raises
         what ``result()`` raises.
         """
-        if self._state != _DONE:
+        if not self._done:
             loop = self._group._loop
             assert loop is not None
             fut: Future[None] = loop.create_future()
@@ -163,31 +153,9 @@ class TaskHandle(Generic[T]):
             self._interrupted = True
             t.cancel()
 
-    def _on_done(self, task: Task[T]) -> None:
-        g = self._group
-        value: Any = None
-        exc: BaseException | None
-        interrupted = False
-        if task.cancelled():
-            try:
-                task.result()
-                raise AssertionError("unreachable")  # pragma: no cover
-            except _CancelledError as ce:
-                if self._interrupted:
-                    exc = _fresh_error(g._ctx._c)
-                    exc.__context__ = ce
-                    interrupted = True
-                else:
-                    exc = ce
-        else:
-            exc = task.exception()
-            if exc is None:
-                value = task.result()
-        g._finish(self, value, exc, interrupted)
-
     def __repr__(self) -> str:
-        if self._state != _DONE:
-            state = "queued" if self._task is None else "running"
+        if not self._done:
+            state = "queued" if self._pending is not None else "running"
         elif self._exc is not None:
             state = f"failed {type(self._exc).__name__}"
         else:
@@ -259,6 +227,7 @@ class TaskGroup:
         "_queue",
         "_running",
         "_tasks",
+        "_done_cb",
         "_token",
         "_waiters",
         "_waker",
@@ -276,7 +245,8 @@ class TaskGroup:
     _watch: Callable[[], None] | None  # registered on g.ctx's owner while bound
     _running: int  # tasks started (or slots granted to ago) and not finished
     _queue: deque[TaskHandle[Any] | Future[None]]  # waiting for a slot, FIFO
-    _tasks: set[TaskHandle[Any]]  # running tasks, to interrupt
+    _tasks: dict[Task[Any], TaskHandle[Any]]  # running tasks and their handles
+    _done_cb: Callable[[Task[Any]], None]  # self._on_task_done, bound once
     _first: BaseException | None
     _errors: list[Exception]
     _fatal: BaseException | None
@@ -301,7 +271,8 @@ class TaskGroup:
         self._watch = None
         self._running = 0
         self._queue = deque()
-        self._tasks = set()
+        self._tasks = {}
+        self._done_cb = self._on_task_done
         self._first = None
         self._errors = []
         self._fatal = None
@@ -349,23 +320,42 @@ class TaskGroup:
         loop = self._loop
         if loop is None or _get_running_loop() is not loop:  # type: ignore[misc]
             loop = self._bind()
-        coro = fn(self._ctx, *args)
-        if type(coro) is not CoroutineType:
-            _check_coroutine(coro, fn)
-        cv = copy_context()
-        cv.run(_current.set, self._ctx)
-        h: TaskHandle[T] = _new_handle(self)
+        ctx = self._ctx
+        coro = fn(ctx, *args) if args else fn(ctx)  # type: ignore[call-arg]
+        # Inside the block (or a task of the group) g.ctx is already current: create_task
+        # copies the caller's contextvars itself. Elsewhere, copy them and set it.
+        cv: _CVContext | None = None
+        if _current.get(None) is not ctx:
+            cv = copy_context()
+            cv.run(_current.set, ctx)
+        h: TaskHandle[T] = _new(TaskHandle)
+        h._group = self
+        h._done = False
         lim = self._limit
         if lim is not None and (self._running >= lim or self._queue):
+            if type(coro) is not CoroutineType:
+                _check_coroutine(coro, fn)
             if lim == 0:
                 coro.close()
                 raise _limit_zero()
-            h._coro = coro
-            h._cv = cv
+            h._task = None
+            h._pending = (coro, cv)
             self._queue.append(h)
             return h
         self._running += 1
-        self._start(h, coro, cv)
+        try:  # _start, inlined: this is the hot path
+            t = loop.create_task(coro, context=cv)
+        except BaseException:
+            self._release_slot()
+            if type(coro) is not CoroutineType:
+                _check_coroutine(coro, fn)
+            coro.close()
+            raise
+        h._task = t
+        self._tasks[t] = h
+        t.add_done_callback(self._done_cb)
+        if ctx._c._err is not None:
+            loop.call_soon(h._interrupt)  # born ended: interrupt at its first suspension
         return h
 
     def try_go(
@@ -424,17 +414,18 @@ class TaskGroup:
                     pass
             raise
         # The slot is ours (counted in _running): start the task in it.
+        ctx = self._ctx
         try:
-            coro = fn(self._ctx, *args)
-            if type(coro) is not CoroutineType:
-                _check_coroutine(coro, fn)
+            coro = fn(ctx, *args)
         except BaseException:
             self._release_slot()
             raise
-        cv = copy_context()
-        cv.run(_current.set, self._ctx)
+        cv: _CVContext | None = None
+        if _current.get(None) is not ctx:
+            cv = copy_context()
+            cv.run(_current.set, ctx)
         h: TaskHandle[T] = _new_handle(self)
-        self._start(h, coro, cv)
+        self._start(h, coro, cv, fn)
         return h
 
     async def wait(self) -> None:
@@ -577,7 +568,7 @@ class TaskGroup:
         waker.post(self._abort)
 
     def _abort(self) -> None:
-        for h in list(self._tasks):
+        for h in list(self._tasks.values()):
             h._interrupt()
         if self._body_active and not self._body_interrupted:
             task = self._parent_task
@@ -585,21 +576,62 @@ class TaskGroup:
             self._body_interrupted = True
             task.cancel()
 
-    def _start(self, h: TaskHandle[Any], coro: Coroutine[Any, Any, Any], cv: _CVContext) -> None:
+    def _start(
+        self,
+        h: TaskHandle[Any],
+        coro: Coroutine[Any, Any, Any],
+        cv: _CVContext | None,
+        fn: object = None,
+    ) -> None:
         """Start ``h``'s task in a slot already counted in ``_running``."""
         loop = self._loop
         assert loop is not None
         try:
             t = loop.create_task(coro, context=cv)
         except BaseException:
-            coro.close()
             self._release_slot()
+            if type(coro) is not CoroutineType:
+                _check_coroutine(coro, fn)
+            coro.close()
             raise
         h._task = t
-        self._tasks.add(h)
-        t.add_done_callback(h._on_done)
+        self._tasks[t] = h
+        t.add_done_callback(self._done_cb)
         if self._ctx._c._err is not None:
             loop.call_soon(h._interrupt)  # born ended: interrupt at its first suspension
+
+    def _on_task_done(self, task: Task[Any]) -> None:
+        h = self._tasks.pop(task)
+        if not task.cancelled() and task.exception() is None:  # the common case, inlined
+            h._value = task.result()
+            h._exc = None
+            h._done = True
+            if h._waiters is None and not self._queue:
+                self._running = r = self._running - 1
+                if r == 0 and self._waiters:
+                    self._wake_waiters()
+                return
+            self._finish(h, h._value, None, False)
+            return
+        value: Any = None
+        exc: BaseException | None
+        interrupted = False
+        if task.cancelled():
+            try:
+                task.result()
+                raise AssertionError("unreachable")  # pragma: no cover
+            except _CancelledError as ce:
+                if h._interrupted:
+                    exc = _fresh_error(self._ctx._c)
+                    exc.__context__ = ce
+                    interrupted = True
+                else:
+                    exc = ce
+        else:
+            exc = task.exception()
+            if exc is None:
+                value = task.result()
+        self._finish(h, value, exc, interrupted)
 
     def _record(self, e: BaseException) -> None:
         cause: BaseException | None = None
@@ -620,7 +652,6 @@ class TaskGroup:
     def _finish(
         self, h: TaskHandle[Any], value: Any, exc: BaseException | None, interrupted: bool
     ) -> None:
-        self._tasks.discard(h)
         if exc is not None:
             if interrupted:
                 # Interrupted because g.ctx ended: an error of the group (the work did not
@@ -632,7 +663,7 @@ class TaskGroup:
                 self._record(exc)
         h._value = value
         h._exc = exc
-        h._state = _DONE
+        h._done = True
         h._task = None
         ws = h._waiters
         if ws is not None:
@@ -648,22 +679,24 @@ class TaskGroup:
         while q:
             nxt = q.popleft()
             if type(nxt) is TaskHandle:
-                coro, cv = nxt._coro, nxt._cv
-                nxt._coro = nxt._cv = None
-                assert coro is not None
-                assert cv is not None
-                self._start(nxt, coro, cv)
+                pending = nxt._pending
+                assert pending is not None
+                nxt._pending = None
+                self._start(nxt, pending[0], pending[1])
                 return
             if not nxt.done():
                 nxt.set_result(None)
                 return
         self._running -= 1
         if self._running == 0 and self._waiters:
-            ws = self._waiters
-            self._waiters = []
-            for f in ws:
-                if not f.done():
-                    f.set_result(None)
+            self._wake_waiters()
+
+    def _wake_waiters(self) -> None:
+        ws = self._waiters
+        self._waiters = []
+        for f in ws:
+            if not f.done():
+                f.set_result(None)
 
     async def _wait_all(self) -> BaseException | None:
         """Wait until nothing runs or queues; absorb (and return) the caller's cancel."""
@@ -715,16 +748,10 @@ class TaskGroup:
 
 
 def _new_handle(g: TaskGroup) -> TaskHandle[Any]:
-    h: TaskHandle[Any] = object.__new__(TaskHandle)
+    h: TaskHandle[Any] = _new(TaskHandle)
     h._group = g
     h._task = None
-    h._coro = None
-    h._cv = None
-    h._state = _PENDING
-    h._value = None
-    h._exc = None
-    h._waiters = None
-    h._interrupted = False
+    h._done = False
     return h
 
 

@@ -1,17 +1,23 @@
 """Worker threads: the shared elastic pool behind ``Group`` and ``to_thread``.
 
-Go starts a goroutine per ``errgroup.Go``; a thread per task is too dear in Python
+Go starts a goroutine per ``errgroup.Go``. A thread per task is too dear in Python
 (starting one costs 50-100 us), and a fixed-size pool (``ThreadPoolExecutor``) deadlocks
-a group whose tasks wait for one another once the pool is full. So, as the after_func
-runner does, but tuned for throughput:
+a group whose tasks wait for one another once the pool is full. So:
 
-- a job goes to an idle worker if there is one (the most recently idle: LIFO, so the
-  others stay idle long enough to exit);
-- otherwise it waits in a FIFO backlog, and a new worker is started, unless one is
-  already starting. A worker that takes a job from the backlog and sees more behind it
-  starts the next one. So every queued job gets a thread of its own soon (no deadlock,
-  Go's semantics), but a burst of short jobs does not start a thread per job: the
-  workers drain the backlog while the next thread starts (measured in docs/design.md).
+- a job goes to an idle worker if there is one (the most recently idle: LIFO, so that
+  the others stay idle long enough to exit);
+- otherwise it waits in a FIFO backlog, and, while fewer than ``MIN_WORKERS`` are alive
+  (``ThreadPoolExecutor``'s default size), a worker is started at once, one at a time.
+  Busy workers take backlog jobs as they finish theirs.
+- a *monitor* thread runs while there is a backlog, and every ``TICK`` seconds checks
+  that the backlog moved. If no job was taken from it during a whole tick, every worker
+  is stuck (blocked, waiting for each other, or running long work), and it starts more
+  workers: half as many again as are alive (at least one, at most the backlog, at most
+  64 a tick). So every job gets a thread within a few ticks when it needs one -- tasks
+  that wait for one another never deadlock, I/O fan-out gets its concurrency -- but a
+  burst of short jobs is drained by the workers already there, without a thread per job
+  (measured: docs/design.md section 2). The monitor exits after ``LINGER`` seconds
+  without a backlog.
 - a worker idle for ``IDLE_SECONDS`` exits; the pool is empty when nothing runs.
 
 This module does not import asyncio (``import tether`` must not); ``to_thread`` imports
@@ -21,9 +27,9 @@ Workers are daemon threads named ``tether-worker-N`` while they run a job and
 ``tether-worker-idle-N`` while they wait for one, so that the test leak check can tell
 an idle worker (not a leak) from one still running a task after its test (a leak).
 
-Locking: ``_Pool._lock`` guards ``_idle``, ``_backlog``, ``_starting``, ``_count`` and
-every idle worker's ``job``. It is a leaf lock: nothing is called while holding it but
-``Lock.release`` (which never blocks).
+Locking: ``_Pool._lock`` guards every field of the pool and every idle worker's ``job``.
+It is a leaf lock: nothing is called while holding it but ``Lock.release`` (which never
+blocks).
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from contextvars import Context as _CVContext
@@ -49,7 +56,11 @@ T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
 Job = Callable[[], object]
 
-IDLE_SECONDS = 2.0
+IDLE_SECONDS = 2.0  # a worker idle this long exits
+TICK = 0.002  # the monitor's period: a backlog that did not move for this long is stuck
+LINGER = 0.1  # the monitor exits after this long without a backlog
+MAX_SPAWN_PER_TICK = 64
+MIN_WORKERS = min(32, (os.cpu_count() or 1) + 4)  # started on demand without a tick
 _log = logging.getLogger("tether")
 
 
@@ -68,8 +79,11 @@ class _Pool:
         # _lock protects the following fields.
         self._idle: list[_Worker] = []  # waiting for a job, most recently idle last
         self._backlog: deque[Job] = deque()  # jobs no worker has taken yet
-        self._starting = False  # a worker thread is being started
-        self._count = 0  # workers ever started, for names
+        self._starting = 0  # worker threads started that have not yet looked for a job
+        self._live = 0  # worker threads alive
+        self._count = 0  # worker threads ever started, for names
+        self._taken = 0  # jobs ever taken from the backlog: the monitor's progress mark
+        self._monitoring = False  # the monitor thread runs
 
     def submit(self, job: Job) -> None:
         """Run ``job()`` on a worker thread soon. Never blocks for long; any thread."""
@@ -82,25 +96,45 @@ class _Pool:
             w.wake.release()
             lock.release()
             return
-        self._backlog.append(job)
-        if self._starting:
-            lock.release()
-            return
-        self._starting = True
-        self._count += 1
-        n = self._count
+        backlog = self._backlog
+        spawn = self._live < MIN_WORKERS and not self._starting
+        backlog.append(job)
+        if spawn:
+            n = self._reserve_locked(1)
+        monitor = not self._monitoring
+        if monitor:
+            self._monitoring = True
         lock.release()
-        self._spawn(n)
+        if spawn:
+            self._spawn(n, 1)
+        if monitor:
+            self._start_monitor()
 
-    def _spawn(self, n: int) -> None:
-        t = threading.Thread(target=self._work, args=(n,), name=f"tether-worker-{n}", daemon=True)
-        try:
-            t.start()
-        except BaseException:
-            # The job stays in the backlog: the next worker to finish will take it.
-            with self._lock:
-                self._starting = False
-            raise
+    def _reserve_locked(self, k: int) -> int:
+        """Count ``k`` workers about to start; return the first one's number."""
+        self._starting += k
+        self._live += k
+        n = self._count + 1
+        self._count += k
+        return n
+
+    def _spawn(self, first: int, k: int) -> None:
+        for i in range(k):
+            t = threading.Thread(
+                target=self._work, args=(first + i,), name=f"tether-worker-{first + i}", daemon=True
+            )
+            try:
+                t.start()
+            except BaseException:
+                # Jobs stay in the backlog: running workers (or later ones) take them.
+                with self._lock:
+                    left = k - i
+                    self._starting -= left
+                    self._live -= left
+                if i == 0:
+                    raise
+                _log.exception("tether: could not start a worker thread")
+                return
 
     def _work(self, n: int) -> None:
         lock = self._lock
@@ -110,18 +144,14 @@ class _Pool:
         idle_name = f"tether-worker-idle-{n}"
         first = True
         while True:
-            spawn = 0
             lock.acquire()
             if first:
-                self._starting = False
+                self._starting -= 1
                 first = False
             backlog = self._backlog
             if backlog:
                 job: Job | None = backlog.popleft()
-                if backlog and not self._starting:  # more waiting: start the next worker
-                    self._starting = True
-                    self._count += 1
-                    spawn = self._count
+                self._taken += 1
             else:
                 job = None
                 self._idle.append(me)
@@ -135,26 +165,61 @@ class _Pool:
                         except ValueError:
                             pass  # a job was handed to us as we timed out: take it
                         else:
+                            self._live -= 1
                             return
                     me.wake.acquire()
                 job = me.job
                 me.job = None
                 thread.name = busy_name
-            elif spawn:
-                try:
-                    self._spawn(spawn)
-                except Exception:  # pragma: no cover - out of threads
-                    _log.exception("tether: could not start a worker thread")
             try:
                 job()  # type: ignore[misc]
             except BaseException:  # pragma: no cover - jobs catch their own errors
                 _log.exception("tether: a worker job raised")
             job = None
 
-    def workers(self) -> tuple[int, int]:
-        """(idle workers, queued jobs), for tests and tools."""
+    def _start_monitor(self) -> None:
+        t = threading.Thread(target=self._monitor, name="tether-worker-monitor", daemon=True)
+        try:
+            t.start()
+        except BaseException:
+            with self._lock:
+                self._monitoring = False
+            raise
+
+    def _monitor(self) -> None:
+        lock = self._lock
+        mark = -1
+        quiet_since: float | None = None
+        while True:
+            time.sleep(TICK)
+            k = 0
+            with lock:
+                backlog = self._backlog
+                if not backlog:
+                    now = time.monotonic()
+                    if quiet_since is None:
+                        quiet_since = now
+                    elif now - quiet_since >= LINGER:
+                        self._monitoring = False
+                        return
+                    mark = -1
+                    continue
+                quiet_since = None
+                if self._taken == mark and not self._starting:
+                    # Nothing left the backlog for a whole tick: every worker is stuck.
+                    k = min(len(backlog), max(1, self._live // 2), MAX_SPAWN_PER_TICK)
+                    first = self._reserve_locked(k)
+                mark = self._taken
+            if k:
+                try:
+                    self._spawn(first, k)
+                except Exception:  # pragma: no cover - out of threads
+                    _log.exception("tether: could not start a worker thread")
+
+    def workers(self) -> tuple[int, int, int]:
+        """(live workers, idle workers, queued jobs): a snapshot, for tests and tools."""
         with self._lock:
-            return len(self._idle), len(self._backlog)
+            return self._live, len(self._idle), len(self._backlog)
 
     def _after_fork_in_child(self) -> None:
         # The workers did not survive the fork; queued jobs belong to the parent.
