@@ -156,8 +156,11 @@ class TimerQueue:
                 del due
                 continue
             # Lock.acquire(timeout) may return a hair early; the loop re-checks the clock,
-            # so a deadline never fires before now() reaches it.
-            self._wake.acquire(timeout=min(max(wait, 0.0), _MAX_SLEEP))
+            # so a deadline never fires before now() reaches it. Sleeping at most
+            # IDLE_SECONDS is how the thread sees that the deadline it sleeps towards was
+            # cancelled (cancels do not wake it): with no live timer left it then exits,
+            # instead of lingering until a dead far deadline.
+            self._wake.acquire(timeout=min(max(wait, 0.0), IDLE_SECONDS, _MAX_SLEEP))
 
     def after_fork_in_child(self) -> None:
         """Called with the lock held by the forking thread, in the child."""
