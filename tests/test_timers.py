@@ -78,6 +78,21 @@ def test_timer_thread_exits_when_idle_and_restarts(monkeypatch):
 
 
 @pytest.mark.realtime
+def test_timer_thread_exits_once_every_timer_is_cancelled(monkeypatch):
+    # Cancelled timers stay in the heap until popped; the thread must still notice that
+    # none is live and exit, not sleep towards a dead far deadline for up to an hour.
+    monkeypatch.setattr(_clock, "IDLE_SECONDS", 0.05)
+    scopes = [tether.with_timeout(bg(), 3600 + i) for i in range(10)]
+    time.sleep(0.02)  # the thread is asleep towards the first of them
+    assert REAL._thread is not None
+    for _, cancel in scopes:
+        cancel()
+    wait_until(lambda: REAL._thread is None and not timer_threads())
+    with _context._LOCK:
+        assert REAL.heap == []
+
+
+@pytest.mark.realtime
 def test_an_earlier_deadline_wakes_the_sleeping_thread():
     far, cancel_far = tether.with_timeout(bg(), 3600)
     time.sleep(0.05)  # let the thread go to sleep towards the far deadline
