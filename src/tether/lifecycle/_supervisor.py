@@ -15,7 +15,7 @@ Contexts, from the parent down::
 
 Shutdown, in order: readiness off → lame duck (optional) → cancel root (cause: what
 triggered it) → wait for components until the drain deadline → cancel drain (cause
-``DrainTimeout``), cancel the tasks still running, wait ``close_timeout`` more →
+``DrainTimeout``) and wait ``close_timeout`` more → cancel the tasks still running →
 closers in reverse order of registration, each with a fresh ``close_timeout`` context →
 exit code.
 """
@@ -61,6 +61,8 @@ from ._common import (
 from ._signals import SignalScope, _nothing, signal_context, wake_loop_on_signals
 
 __all__ = ["ShutdownReport", "Supervisor"]
+
+_FORCE_WAIT = 0.5  # real seconds for cancelled tasks to unwind before they are abandoned
 
 ComponentFunc = Callable[[Context], object] | Callable[[Context], Awaitable[object]]
 
@@ -134,8 +136,8 @@ class Supervisor:
     after ``lame_duck`` seconds (time for load balancers to notice) every component's
     ``ctx`` is cancelled, with the trigger as cause; components get ``drain_timeout``
     seconds to finish their in-flight work and return; then their drain context ends
-    (cause ``DrainTimeout``), coroutine components are cancelled, and those still
-    running ``close_timeout`` seconds later are logged and left behind; finally the
+    (cause ``DrainTimeout``); ``close_timeout`` seconds later the coroutine components
+    still running are cancelled, and what still runs is logged and left behind; finally the
     closers registered with ``on_close`` run in reverse order, each with a fresh context
     (``without_cancel`` + its own timeout). What did not finish is logged; the exit code
     is 0 only if everything stopped cleanly. Worst-case time from trigger to return:
@@ -483,10 +485,13 @@ class Supervisor:
                     self._drain_timeout,
                     extra={"worker": c.name, "event": "drain_timeout"},
                 )
-                if c.task is not None:
-                    c.task.cancel()
             with with_timeout(background(), self._close_timeout) as grace:
                 await wait_until(futs, grace)
+            tasks = [c.task for c in late if c.task is not None and not c.task.done()]
+            for t in tasks:  # coroutines can be forced; threads cannot
+                t.cancel()
+            if tasks:
+                await asyncio.wait(tasks, timeout=_FORCE_WAIT)
             for c in late:
                 if c.done is not None and not c.done.done():
                     self._log.error(
