@@ -555,3 +555,14 @@ def test_idle_workers_are_reused_and_named_idle():
     with tether.Group(bg()) as g:
         g.go(lambda ctx: None)
     eventually(lambda: any(t.name.startswith("tether-worker-idle-") for t in threading.enumerate()))
+
+
+def test_a_burst_of_short_tasks_does_not_start_a_thread_per_task():
+    from tether._thread import _pool
+
+    with tether.Group(bg()) as g:
+        for _ in range(5000):
+            g.go(lambda ctx: None)
+    live, _, queued = _pool.workers()
+    assert queued == 0
+    assert live < 100  # a handful in practice; thousands with a thread per task

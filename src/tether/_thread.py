@@ -4,21 +4,21 @@ Go starts a goroutine per ``errgroup.Go``. A thread per task is too dear in Pyth
 (starting one costs 50-100 us), and a fixed-size pool (``ThreadPoolExecutor``) deadlocks
 a group whose tasks wait for one another once the pool is full. So:
 
-- a job goes to an idle worker if there is one (the most recently idle: LIFO, so that
-  the others stay idle long enough to exit);
-- otherwise it waits in a FIFO backlog, and, while fewer than ``MIN_WORKERS`` are alive
-  (``ThreadPoolExecutor``'s default size), a worker is started at once, one at a time.
-  Busy workers take backlog jobs as they finish theirs.
-- a *monitor* thread runs while there is a backlog, and every ``TICK`` seconds checks
-  that the backlog moved. If no job was taken from it during a whole tick, every worker
-  is stuck (blocked, waiting for each other, or running long work), and it starts more
-  workers: half as many again as are alive (at least one, at most the backlog, at most
-  64 a tick). So every job gets a thread within a few ticks when it needs one -- tasks
-  that wait for one another never deadlock, I/O fan-out gets its concurrency -- but a
-  burst of short jobs is drained by the workers already there, without a thread per job
-  (measured: docs/design.md section 2). The monitor exits after ``LINGER`` seconds
-  without a backlog.
-- a worker idle for ``IDLE_SECONDS`` exits; the pool is empty when nothing runs.
+- jobs go to one FIFO queue that every waiting worker takes from, as in
+  ``ThreadPoolExecutor``: the first worker awake runs the next job, so a burst of short
+  jobs is drained by few threads, with few wake-ups;
+- when a job finds no waiting worker and fewer than ``MIN_WORKERS`` are alive
+  (``ThreadPoolExecutor``'s default size), a worker is started at once (one at a time);
+- beyond that, a *monitor* thread runs while jobs wait, and every ``TICK`` seconds checks
+  that the queue moved. If no job was taken during a whole tick, every worker is stuck
+  (blocked, waiting for each other, or running long work), and it starts more workers:
+  half as many again as are alive (at least one, at most the jobs waiting, at most 64 a
+  tick). So every job gets a thread within a few ticks when it needs one -- tasks that
+  wait for one another never deadlock, I/O fan-out gets its concurrency -- but a burst
+  of short jobs does not start a thread per job (measured: docs/design.md section 2).
+  The monitor exits after ``LINGER`` seconds with nothing waiting.
+- a worker that waited ``IDLE_SECONDS`` without a job exits; the pool is empty when
+  nothing runs.
 
 This module does not import asyncio (``import tether`` must not); ``to_thread`` imports
 it when called.
@@ -27,18 +27,20 @@ Workers are daemon threads named ``tether-worker-N`` while they run a job and
 ``tether-worker-idle-N`` while they wait for one, so that the test leak check can tell
 an idle worker (not a leak) from one still running a task after its test (a leak).
 
-Locking: ``_Pool._lock`` guards every field of the pool and every idle worker's ``job``.
-It is a leaf lock: nothing is called while holding it but ``Lock.release`` (which never
-blocks).
+Locking: ``_Pool._lock`` guards the counters of the pool (every field but ``_jobs``,
+which is a ``SimpleQueue``). It is a leaf lock: nothing is called while holding it but
+``SimpleQueue.put`` and ``Lock.release``, which never block. Invariant (under the lock):
+``_queued`` jobs are in ``_jobs``; ``_waiting`` workers will take from it; a worker
+exits only when ``_queued == 0``, so no job is ever stranded.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import queue
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from contextvars import Context as _CVContext
 from contextvars import copy_context
@@ -64,41 +66,29 @@ MIN_WORKERS = min(32, (os.cpu_count() or 1) + 4)  # started on demand without a 
 _log = logging.getLogger("tether")
 
 
-class _Worker:
-    __slots__ = ("job", "wake")
-
-    def __init__(self) -> None:
-        self.job: Job | None = None
-        self.wake = threading.Lock()  # released (once) to hand this worker a job
-        self.wake.acquire()
-
-
 class _Pool:
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._jobs: queue.SimpleQueue[Job] = queue.SimpleQueue()
         # _lock protects the following fields.
-        self._idle: list[_Worker] = []  # waiting for a job, most recently idle last
-        self._backlog: deque[Job] = deque()  # jobs no worker has taken yet
+        self._queued = 0  # jobs put in _jobs and not yet taken
+        self._waiting = 0  # workers blocked (or about to block) in _jobs.get
         self._starting = 0  # worker threads started that have not yet looked for a job
         self._live = 0  # worker threads alive
         self._count = 0  # worker threads ever started, for names
-        self._taken = 0  # jobs ever taken from the backlog: the monitor's progress mark
+        self._taken = 0  # jobs ever taken: the monitor's progress mark
         self._monitoring = False  # the monitor thread runs
 
     def submit(self, job: Job) -> None:
         """Run ``job()`` on a worker thread soon. Never blocks for long; any thread."""
         lock = self._lock
         lock.acquire()
-        idle = self._idle
-        if idle:
-            w = idle.pop()
-            w.job = job
-            w.wake.release()
+        q = self._queued = self._queued + 1
+        self._jobs.put(job)
+        if q <= self._waiting:  # a waiting worker takes it
             lock.release()
             return
-        backlog = self._backlog
         spawn = self._live < MIN_WORKERS and not self._starting
-        backlog.append(job)
         if spawn:
             n = self._reserve_locked(1)
         monitor = not self._monitoring
@@ -126,7 +116,7 @@ class _Pool:
             try:
                 t.start()
             except BaseException:
-                # Jobs stay in the backlog: running workers (or later ones) take them.
+                # The jobs stay queued: running workers (or later ones) take them.
                 with self._lock:
                     left = k - i
                     self._starting -= left
@@ -138,44 +128,38 @@ class _Pool:
 
     def _work(self, n: int) -> None:
         lock = self._lock
-        me = _Worker()
+        get = self._jobs.get
         thread = threading.current_thread()
         busy_name = thread.name
         idle_name = f"tether-worker-idle-{n}"
-        first = True
+        lock.acquire()
+        self._starting -= 1
         while True:
-            lock.acquire()
-            if first:
-                self._starting -= 1
-                first = False
-            backlog = self._backlog
-            if backlog:
-                job: Job | None = backlog.popleft()
-                self._taken += 1
-            else:
-                job = None
-                self._idle.append(me)
+            self._waiting += 1
             lock.release()
-            if job is None:
-                thread.name = idle_name
-                if not me.wake.acquire(timeout=IDLE_SECONDS):
+            thread.name = idle_name
+            while True:
+                try:
+                    job = get(timeout=IDLE_SECONDS)
+                    break
+                except queue.Empty:
                     with lock:
-                        try:
-                            self._idle.remove(me)
-                        except ValueError:
-                            pass  # a job was handed to us as we timed out: take it
-                        else:
+                        if self._queued == 0:  # nothing for us: exit
+                            self._waiting -= 1
                             self._live -= 1
                             return
-                    me.wake.acquire()
-                job = me.job
-                me.job = None
-                thread.name = busy_name
+            thread.name = busy_name
+            lock.acquire()
+            self._waiting -= 1
+            self._queued -= 1
+            self._taken += 1
+            lock.release()
             try:
-                job()  # type: ignore[misc]
+                job()
             except BaseException:  # pragma: no cover - jobs catch their own errors
                 _log.exception("tether: a worker job raised")
-            job = None
+            job = None  # type: ignore[assignment]
+            lock.acquire()
 
     def _start_monitor(self) -> None:
         t = threading.Thread(target=self._monitor, name="tether-worker-monitor", daemon=True)
@@ -194,8 +178,8 @@ class _Pool:
             time.sleep(TICK)
             k = 0
             with lock:
-                backlog = self._backlog
-                if not backlog:
+                backlog = self._queued - self._waiting
+                if backlog <= 0:
                     now = time.monotonic()
                     if quiet_since is None:
                         quiet_since = now
@@ -206,8 +190,8 @@ class _Pool:
                     continue
                 quiet_since = None
                 if self._taken == mark and not self._starting:
-                    # Nothing left the backlog for a whole tick: every worker is stuck.
-                    k = min(len(backlog), max(1, self._live // 2), MAX_SPAWN_PER_TICK)
+                    # Nothing was taken for a whole tick: every worker is stuck.
+                    k = min(backlog, max(1, self._live // 2), MAX_SPAWN_PER_TICK)
                     first = self._reserve_locked(k)
                 mark = self._taken
             if k:
@@ -217,9 +201,9 @@ class _Pool:
                     _log.exception("tether: could not start a worker thread")
 
     def workers(self) -> tuple[int, int, int]:
-        """(live workers, idle workers, queued jobs): a snapshot, for tests and tools."""
+        """(live workers, waiting workers, queued jobs): a snapshot, for tests and tools."""
         with self._lock:
-            return self._live, len(self._idle), len(self._backlog)
+            return self._live, self._waiting, self._queued
 
     def _after_fork_in_child(self) -> None:
         # The workers did not survive the fork; queued jobs belong to the parent.
