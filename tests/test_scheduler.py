@@ -308,11 +308,12 @@ def test_arun_runs_coroutine_and_plain_jobs():
             while not (async_ctx and plain):
                 await asyncio.sleep(0.001)
         await asyncio.wait_for(task, 10)
-        return async_ctx, plain
+        return async_ctx, plain, sched.stats()
 
-    async_ctx, plain = asyncio.run(main())
+    async_ctx, plain, stats = asyncio.run(main())
     assert async_ctx == [("ajob", None)]
     assert plain == [1]
+    assert [(s.runs, s.failures) for s in stats.values()] == [(1, 0), (1, 0)]
 
 
 def test_arun_interrupts_a_coroutine_run_at_its_timeout():

@@ -326,7 +326,7 @@ class Scheduler:
         with with_timeout(base, job.stats.timeout) as rctx:
             self._update(job, running=True, runs=job.stats.runs + 1)
             try:
-                if loop is None:
+                if loop is None or not job.is_async:
                     job.fn(rctx)
                 else:
                     asyncio.run_coroutine_threadsafe(_run_async(job.fn, rctx), loop).result()
