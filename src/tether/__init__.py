@@ -47,6 +47,7 @@ from ._limiter import Limiter
 from ._sleep import asleep, sleep
 from ._taskgroup import TaskGroup, TaskHandle
 from ._thread import to_thread
+from .lifecycle._signals import signal_context
 
 __version__ = "0.1.0"
 
@@ -70,6 +71,7 @@ __all__ = [
     "background",
     "cause",
     "current",
+    "signal_context",
     "sleep",
     "to_thread",
     "todo",

@@ -30,27 +30,76 @@ pool item or — kept from the request — detached job) and ``WORKER`` (the com
 job or worker that runs the work); ``log_extra(ctx)`` turns them into logging tags.
 """
 
-from ._common import (
-    REQUEST_ID,
-    WORKER,
-    ComponentExited,
-    ComponentFailed,
-    DrainTimeout,
-    QueueFull,
-    Rejected,
-    ShutdownRequested,
-    ShuttingDown,
-    SignalReceived,
-    drain_scope,
-    log_extra,
-    new_request_id,
-    with_drain,
-)
-from ._detached import DetachedRunner, DetachedStats
-from ._pool import PoolStats, WorkerPool
-from ._scheduler import JobStats, Scheduler, every
-from ._signals import SignalScope, StopFunc, signal_context
-from ._supervisor import ShutdownReport, Supervisor
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._common import (
+        REQUEST_ID,
+        WORKER,
+        ComponentExited,
+        ComponentFailed,
+        DrainTimeout,
+        QueueFull,
+        Rejected,
+        ShutdownRequested,
+        ShuttingDown,
+        drain_scope,
+        log_extra,
+        new_request_id,
+        with_drain,
+    )
+    from ._detached import DetachedRunner, DetachedStats
+    from ._pool import PoolStats, WorkerPool
+    from ._scheduler import JobStats, Scheduler, every
+    from ._signals import SignalReceived, SignalScope, StopFunc, signal_context
+    from ._supervisor import ShutdownReport, Supervisor
+
+# `import tether` imports ._signals (for tether.signal_context), which runs this file:
+# the rest loads on first use, so that `import tether` does not import asyncio.
+_WHERE = {
+    "REQUEST_ID": "_common",
+    "WORKER": "_common",
+    "ComponentExited": "_common",
+    "ComponentFailed": "_common",
+    "DetachedRunner": "_detached",
+    "DetachedStats": "_detached",
+    "DrainTimeout": "_common",
+    "JobStats": "_scheduler",
+    "PoolStats": "_pool",
+    "QueueFull": "_common",
+    "Rejected": "_common",
+    "Scheduler": "_scheduler",
+    "ShutdownReport": "_supervisor",
+    "ShutdownRequested": "_common",
+    "ShuttingDown": "_common",
+    "SignalReceived": "_signals",
+    "SignalScope": "_signals",
+    "StopFunc": "_signals",
+    "Supervisor": "_supervisor",
+    "WorkerPool": "_pool",
+    "drain_scope": "_common",
+    "every": "_scheduler",
+    "log_extra": "_common",
+    "new_request_id": "_common",
+    "signal_context": "_signals",
+    "with_drain": "_common",
+}
+
+
+def __getattr__(name: str) -> Any:
+    where = _WHERE.get(name)
+    if where is None:
+        raise AttributeError(f"module 'tether.lifecycle' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"{__name__}.{where}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
 
 __all__ = [
     "REQUEST_ID",

@@ -18,13 +18,13 @@ import asyncio
 import inspect
 import logging
 import secrets
-import signal
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from .. import _context
 from .._context import Context, Key, Scope, after_func, cause, with_cancel, without_cancel
+from ._signals import SignalReceived
 
 __all__ = [
     "REQUEST_ID",
@@ -55,31 +55,6 @@ _DRAIN: Key[Context] = Key("tether.lifecycle.drain")
 
 # --------------------------------------------------------------------------------------
 # Errors and causes
-
-
-class SignalReceived(Exception):
-    """The cause of a context ended by a signal (``signal_context``, ``Supervisor``).
-
-    ``signum`` is the signal number, ``name`` its name (``"SIGTERM"``); ``str()`` is
-    ``"received SIGTERM"``. It is a cause, never raised by tether:
-    ``tether.cause(ctx)`` returns it, and ``ctx.check()`` chains it as ``__cause__``
-    of the ``Canceled`` it raises.
-
-    Added in 0.1.
-    """
-
-    __module__ = "tether.lifecycle"
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = int(signum)
-        try:
-            self.name = signal.Signals(signum).name
-        except ValueError:
-            self.name = f"signal {signum}"
-
-    def __str__(self) -> str:
-        return f"received {self.name}"
 
 
 class ShutdownRequested(Exception):

@@ -38,23 +38,52 @@ or SIGTERM during a slow drain ends the process at once, killed by that signal.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import queue
 import signal
-import socket
 import sys
 import threading
 import warnings
 from collections.abc import Callable
 from types import FrameType, TracebackType
-from typing import Any, final
+from typing import TYPE_CHECKING, Any, final
 
 from .._context import Context, Scope, background, with_cancel
 from .._errors import LostCancelWarning
-from ._common import SignalReceived
 
-__all__ = ["SignalScope", "StopFunc", "signal_context"]
+if TYPE_CHECKING:
+    import asyncio
+
+# This module is imported by `import tether` (for tether.signal_context): it must not
+# import asyncio, which `wake_loop_on_signals` and `__aenter__` import when used.
+
+__all__ = ["SignalReceived", "SignalScope", "StopFunc", "signal_context"]
+
+
+class SignalReceived(Exception):
+    """The cause of a context ended by a signal (``signal_context``, ``Supervisor``).
+
+    ``signum`` is the signal number, ``name`` its name (``"SIGTERM"``); ``str()`` is
+    ``"received SIGTERM"``. It is a cause, never raised by tether:
+    ``tether.cause(ctx)`` returns it, and ``ctx.check()`` chains it as ``__cause__``
+    of the ``Canceled`` it raises.
+
+    Added in 0.1.
+    """
+
+    __module__ = "tether.lifecycle"
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = int(signum)
+        try:
+            self.name = signal.Signals(signum).name
+        except ValueError:
+            self.name = f"signal {signum}"
+
+    def __str__(self) -> str:
+        return f"received {self.name}"
+
 
 _Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
 
@@ -246,6 +275,8 @@ def wake_loop_on_signals(loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
     """
     if threading.current_thread() is not threading.main_thread():
         return _nothing
+    import socket
+
     r, w = socket.socketpair()
     r.setblocking(False)
     w.setblocking(False)
@@ -385,6 +416,8 @@ class SignalScope(tuple[Context, StopFunc]):
             self[1]()
 
     async def __aenter__(self) -> Context:
+        import asyncio
+
         stop = self[1]
         ctx = await stop._scope.__aenter__()
         stop._undo_wakeup = wake_loop_on_signals(asyncio.get_running_loop())
@@ -424,9 +457,9 @@ def signal_context(*signals: int, parent: Context = background()) -> SignalScope
     one stops. If ``parent`` already ended, ``ctx`` is born ended, the handlers are still
     installed, and the first signal escalates.
 
-    Must be called from the main thread (Python runs signal handlers only there); the
-    context itself may be passed to and waited on from any thread or event loop. Not
-    idempotent: each call installs a new registration. The handler works under asyncio
+    Does not block. Must be called from the main thread (Python runs signal handlers
+    only there); the context itself may be passed to and waited on from any thread or
+    event loop. Not idempotent: each call makes a new registration. The handler works under asyncio
     too — an event loop running in the main thread is woken by the cancellation.
 
     Raises ``RuntimeError`` off the main thread; ``TypeError`` for a non-int signal or a
@@ -458,6 +491,9 @@ def signal_context(*signals: int, parent: Context = background()) -> SignalScope
     stop._stopped = False
     stop._undo_wakeup = _nothing
     return tuple.__new__(SignalScope, (scope[0], stop))
+
+
+signal_context.__module__ = "tether"  # exported as tether.signal_context too
 
 
 def _active_signals() -> dict[int, int]:
