@@ -93,17 +93,17 @@ def __getattr__(name: str) -> Any:
     import importlib
 
     value = getattr(importlib.import_module(f"{__name__}.{where}"), name)
+    if getattr(value, "__module__", "").startswith(f"{__name__}._"):
+        value.__module__ = __name__  # tracebacks and docs show the public path
     globals()[name] = value
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+    return sorted({*__all__, *(n for n in globals() if n.startswith("__"))})
 
 
 __all__ = [
-    "REQUEST_ID",
-    "WORKER",
     "ComponentExited",
     "ComponentFailed",
     "DetachedRunner",
@@ -112,6 +112,7 @@ __all__ = [
     "JobStats",
     "PoolStats",
     "QueueFull",
+    "REQUEST_ID",
     "Rejected",
     "Scheduler",
     "ShutdownReport",
@@ -121,6 +122,7 @@ __all__ = [
     "SignalScope",
     "StopFunc",
     "Supervisor",
+    "WORKER",
     "WorkerPool",
     "drain_scope",
     "every",

@@ -234,7 +234,8 @@ class Scheduler:
     async def arun(self, ctx: Context) -> None:
         """``run()`` for asyncio: coroutine jobs run on this loop, plain ones in threads.
 
-        Suspends the calling task until ``ctx`` ends and the runs in progress returned;
+        Suspends the calling task (never blocks the loop) until ``ctx`` ends and the runs
+        in progress returned;
         if ``ctx`` already ended, returns at once. Thread-safe; runs once (a second
         call raises ``RuntimeError``). If the awaiting task is cancelled, the runs in
         progress are cancelled too (their contexts end) and ``CancelledError`` is

@@ -347,6 +347,11 @@ class StopFunc:
         raise TypeError("tether: stop functions come from tether.signal_context()")
 
     def __call__(self) -> None:
+        """Cancel the context and restore the previous handlers (see the class doc).
+
+        Non-blocking, idempotent, thread-safe; fine after the context already ended;
+        raises nothing.
+        """
         with _lock:
             if self._stopped:
                 return
@@ -393,12 +398,20 @@ class SignalScope(tuple[Context, StopFunc]):
 
     @property
     def ctx(self) -> Context:
-        """The context that a signal ends. Non-blocking."""
+        """The context that a signal ends (``self[0]``).
+
+        Non-blocking, thread-safe, idempotent (the same object every time), valid whether
+        or not the context already ended; raises nothing.
+        """
         return self[0]
 
     @property
     def stop(self) -> StopFunc:
-        """Its stop function. Non-blocking."""
+        """Its stop function (``self[1]``).
+
+        Non-blocking, thread-safe, idempotent (the same object every time), valid whether
+        or not the context already ended; raises nothing.
+        """
         return self[1]
 
     def __enter__(self) -> Context:

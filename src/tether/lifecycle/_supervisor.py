@@ -212,7 +212,8 @@ class Supervisor:
         registration (register a resource's closer right after opening it), each with a
         fresh context: the parent's values, not cancelled by the shutdown, ending after
         ``timeout`` seconds (default ``close_timeout``). A plain function runs in a
-        thread, a coroutine function on the loop. Non-blocking, thread-safe, not
+        thread, a coroutine function on the loop; it runs even if the context it would
+        have been derived from already ended. Non-blocking, thread-safe, not
         idempotent (each call adds one); allowed before ``run()`` and until it returns (a
         component may register what it opened; one registered during the close phase
         runs after the others). Raises ``RuntimeError`` once ``run()`` returned (close
@@ -295,8 +296,8 @@ class Supervisor:
         """``sys.exit(self.run(parent))``: the last line of a service's ``main``.
 
         Blocks until the service stopped, then exits the process with the exit code
-        (raises ``SystemExit``). Same thread rule, errors and ended-parent behaviour as
-        ``run()``; runs once, like it.
+        (raises ``SystemExit``). Same thread rule (the main thread, with signals; thread-safe
+        otherwise), errors and ended-parent behaviour as ``run()``; runs once, like it.
 
         Added in 0.1.
         """
