@@ -236,12 +236,20 @@ class Group:
       raises all the errors together in an ``ExceptionGroup``.
     - a ``BaseException`` that is not an ``Exception`` (``KeyboardInterrupt``,
       ``SystemExit``) is never swallowed: it cancels ``g.ctx`` in both modes and
-      ``wait()`` raises it bare, ahead of any error.
+      ``wait()`` raises it bare, ahead of any error. Why not as Go does (errgroup lets
+      a panic crash the process; propagating it through ``Wait`` was tried and reverted,
+      golang/go#53757, #74275, because it delays the crash until ``Wait``): in Python a
+      ``BaseException`` that escapes a thread ends that thread *only* (``sys.exit()``
+      in a worker does nothing), so not propagating it means losing it. The delay Go
+      feared is bounded here: ``g.ctx`` is cancelled the moment it is raised.
+    - the parent is never touched: its cause stays its own. When it ends first,
+      ``g.ctx`` ends with its error and cause, and ``wait()`` raises what the tasks
+      raised on seeing that (typically ``ctx.check()``'s, chained to that cause).
     - a body that raises counts as one more task: inside ``with``, its exception is
       recorded like a task's (so in the default mode it cancels ``g.ctx``), the block
       still waits for the tasks, and the first error is raised.
-    - the group never cancels its parent, and never interrupts a thread: a task stops
-      when it watches ``g.ctx`` (``check()``, ``done().wait()``, ``remaining()``).
+    - the group never interrupts a thread: a task stops when it watches ``g.ctx``
+      (``check()``, ``done().wait()``, ``remaining()``).
 
     Like errgroup, a group may be reused after ``wait()``: ``go`` still starts tasks
     (with the ended ``g.ctx``) and ``wait()`` waits for them and raises the first error

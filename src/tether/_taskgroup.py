@@ -182,7 +182,8 @@ class TaskGroup:
     ``ExceptionGroup``); ``g.ctx`` is cancelled when ``wait()`` returns, success or
     not; ``cancel_on_error=False`` runs every task to completion and raises all errors
     in an ``ExceptionGroup``; ``KeyboardInterrupt``/``SystemExit`` are never swallowed
-    (they cancel ``g.ctx`` and are raised bare, first); the parent is never touched.
+    (they cancel ``g.ctx`` and are raised bare, first: see ``Group`` for why); the
+    parent is never touched.
     A group may be reused after ``wait()``, as errgroup (the new tasks see the ended
     context).
 
