@@ -196,3 +196,17 @@ def test_misuse():
     run(main())
     with pytest.raises(RuntimeError):
         tether.to_thread(bg(), print).send(None)
+
+
+def test_base_exceptions_from_fn_reach_the_awaiter():
+    class Fatal(BaseException):
+        pass
+
+    async def main():
+        def fn(child):
+            raise Fatal
+
+        with pytest.raises(Fatal):
+            await tether.to_thread(bg(), fn)
+
+    run(main())
