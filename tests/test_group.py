@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextvars
 import signal
+import sys
 import threading
 import time
 
@@ -278,8 +279,11 @@ def test_keyboard_interrupt_while_waiting_cancels_the_group():
 
     def interrupter():
         assert started.wait(10)
-        time.sleep(0.2)  # let the main thread block in wait()
-        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+        main = threading.main_thread().ident
+        # the main thread is blocked in wait()'s lock acquire (not about to enter it)
+        eventually(lambda: sys._current_frames()[main].f_code.co_name == "_wait_tasks")
+        time.sleep(0.05)
+        signal.pthread_kill(main, signal.SIGINT)
 
     g = tether.Group(bg())
     g.go(task)
