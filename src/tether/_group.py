@@ -391,7 +391,8 @@ class Group:
         ``g.ctx`` is cancelled before it returns or raises, with what it raises as the
         cause (none on success). Idempotent: a second call waits for tasks started
         since and raises the same first error. Thread-safe; several threads may wait.
-        Do not call it from one of the group's tasks (it would wait for itself). If
+        Do not call it from one of the group's tasks (it would wait for itself), nor on
+        an event loop's thread (it would block the loop: use ``TaskGroup``). If
         ``g.ctx`` already ended, it still waits: the tasks decide when they return. A
         ``KeyboardInterrupt`` while it waits cancels ``g.ctx`` (with it as the cause)
         and is re-raised at once, without waiting further.
