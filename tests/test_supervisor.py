@@ -429,6 +429,8 @@ def test_components_of_the_lifecycle_package_work_under_it(fake_clock):
     assert sorted(processed) == list(range(10))
     assert len(audits) == 10
     assert runner.stats().closed
+    assert sched.stats()["<lambda>"].failures == 0
+    assert pool.stats().failed == 0
 
 
 def test_misuse():
