@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import signal
 import subprocess
 import sys
@@ -171,6 +172,24 @@ def test_stop_from_another_thread_hands_the_next_signal_to_the_old_handler():
         assert signal.getsignal(USR1) is mine
     finally:
         signal.signal(USR1, old)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_keeps_working_signal_contexts():
+    with lifecycle.signal_context(USR1) as ctx:
+        pid = os.fork()
+        if pid == 0:  # the child: the helper thread is gone; a new one must take over
+            code = 1
+            try:
+                signal.raise_signal(USR1)
+                if ctx.done().wait(10) and isinstance(tether.cause(ctx), lifecycle.SignalReceived):
+                    with lifecycle.signal_context(USR2):  # the registry lock is free
+                        code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert ctx.err() is None  # the parent's context is untouched
 
 
 def test_off_the_main_thread_is_a_clear_error():

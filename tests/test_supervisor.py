@@ -152,6 +152,19 @@ def test_a_failing_component_shuts_everything_down_with_exit_code_1(kind, caplog
     assert rec.exc_info[1] is boom
 
 
+def test_a_coroutine_component_cancelled_from_elsewhere_is_a_failure():
+    async def victim(ctx):
+        asyncio.current_task().cancel()  # some library cancels it
+        await asyncio.sleep(3600)
+
+    sup = sup_()
+    sup.add("victim", victim)
+    assert sup.run() == 1
+    (exc,) = sup.report.failed.values()
+    assert isinstance(exc, asyncio.CancelledError)
+    assert isinstance(sup.report.cause, lifecycle.ComponentFailed)
+
+
 def test_a_component_returning_early_stops_the_service(kind):
     log = []
     sup = sup_()

@@ -249,8 +249,10 @@ def _release_helper() -> None:
 
 def _after_fork_in_child() -> None:
     global _queue
-    # The helper thread did not survive fork(); start a new one if contexts remain.
-    # Entries keep the old queue: move them to the new one.
+    # The forking thread holds _lock (taken by the `before` hook): release it here. The
+    # helper thread did not survive fork(); start a new one if contexts remain, and move
+    # the entries, which point at the old queue, to the new one.
+    _lock.release()
     _queue = None
     if _registered:
         q: queue.SimpleQueue[_Entry | None] = queue.SimpleQueue()

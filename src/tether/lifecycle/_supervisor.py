@@ -400,8 +400,8 @@ class Supervisor:
             undo_wakeup()
             sig[1]()
         for exc in report.failed.values():
-            if not isinstance(exc, Exception):
-                raise exc
+            if not isinstance(exc, Exception | asyncio.CancelledError):
+                raise exc  # SystemExit, KeyboardInterrupt: never swallowed
         return report.exit_code
 
     def _start(
@@ -421,11 +421,16 @@ class Supervisor:
         extra = {"worker": comp.name}
         stopping = self._state != _RUNNING
         if fut.cancelled():
-            self._log.warning(
-                "component %s was cancelled", comp.name, extra={**extra, "event": "cancelled"}
+            if stopping:  # forced at the end of the drain: reported as unfinished
+                self._log.warning(
+                    "component %s was cancelled", comp.name, extra={**extra, "event": "cancelled"}
+                )
+                return
+            exc: BaseException | None = asyncio.CancelledError(
+                f"component {comp.name!r} was cancelled from outside the supervisor"
             )
-            return
-        exc = fut.exception()
+        else:
+            exc = fut.exception()
         if exc is not None:
             with self._lock:
                 self._failed[comp.name] = exc
