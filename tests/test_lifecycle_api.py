@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 from tests.test_docstrings import CHECKLIST
@@ -118,3 +119,58 @@ def test_import_costs():
 def test_unknown_attribute():
     with pytest.raises(AttributeError, match="no attribute 'Nope'"):
         lifecycle.Nope
+
+
+TYPED = Path(__file__).resolve().parent / "typed_lifecycle_example.py"
+
+
+def _mypy(path: Path, cache: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--strict",
+            "--no-error-summary",
+            "--cache-dir",
+            str(cache),
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=TYPED.parent.parent,
+    )
+
+
+def test_typed_example_passes_mypy_strict(tmp_path_factory):
+    pytest.importorskip("mypy")
+    cache = tmp_path_factory.getbasetemp() / "mypy-cache"
+    proc = _mypy(TYPED, cache)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    # ...and mypy sees the types: wrong arguments for a detached job or a pool item fail.
+    wrong = tmp_path_factory.mktemp("typed") / "wrong_lifecycle.py"
+    wrong.write_text(
+        "import tether\n"
+        "from tether import lifecycle\n"
+        "def audit(ctx: tether.Context, action: str) -> None: ...\n"
+        "def handle(ctx: tether.Context, n: int) -> None: ...\n"
+        "lifecycle.DetachedRunner().go(tether.background(), audit, 3)\n"
+        "lifecycle.WorkerPool(handle).submit('x')\n"
+    )
+    proc = _mypy(wrong, cache)
+    assert proc.returncode == 1
+    assert "wrong_lifecycle.py:5: error" in proc.stdout
+    assert "wrong_lifecycle.py:6: error" in proc.stdout
+
+
+def test_typed_example_runs():
+    proc = subprocess.run(
+        [sys.executable, "-X", "dev", "-W", "error", str(TYPED)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok 0"

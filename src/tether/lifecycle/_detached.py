@@ -14,9 +14,9 @@ import collections
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVarTuple
 
 from .._context import (
     CancelFunc,
@@ -44,6 +44,8 @@ from ._common import (
 )
 
 __all__ = ["DetachedRunner", "DetachedStats"]
+
+Ts = TypeVarTuple("Ts")
 
 
 @dataclass(frozen=True)
@@ -158,8 +160,8 @@ class DetachedRunner:
     def go(
         self,
         ctx: Context,
-        fn: Callable[..., Any],
-        *args: Any,
+        fn: Callable[[Context, *Ts], object] | Callable[[Context, *Ts], Awaitable[object]],
+        *args: *Ts,
         name: str | None = None,
         timeout: float | None = None,
     ) -> None:
