@@ -478,6 +478,14 @@ def test_misuse():
     sup.shutdown()  # after the run: nothing happens
 
 
+def test_run_inside_a_running_loop_points_to_arun():
+    async def main():
+        sup_().run()
+
+    with pytest.raises(RuntimeError, match=r"tether: .*use `await sup.arun\(\)`"):
+        asyncio.run(main())
+
+
 def test_signals_off_the_main_thread_is_a_clear_error():
     sup = lifecycle.Supervisor()
     bg = Bg(sup.run).join()

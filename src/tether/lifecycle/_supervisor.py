@@ -311,12 +311,22 @@ class Supervisor:
         ``signals=()`` any thread that runs no event loop. If ``parent`` already ended,
         nothing starts: the closers run and the exit code is 0. Runs once (a second call
         raises ``RuntimeError``); thread-safe. Raises ``RuntimeError`` off the main thread
-        with signals, ``TypeError`` for a non-Context parent; a ``BaseException`` that is
+        with signals or inside a running event loop (use ``arun``), ``TypeError`` for a
+        non-Context parent; a ``BaseException`` that is
         not an ``Exception`` (``SystemExit`` from a component) is re-raised after the
         shutdown. Component errors are not raised: they are logged and give exit code 1.
 
         Added in 0.1.
         """
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            raise RuntimeError(
+                "tether: Supervisor.run() blocks and runs its own event loop; inside a "
+                "running loop, use `await sup.arun()`"
+            )
         loop = asyncio.new_event_loop()
         try:
             main = loop.create_task(self.arun(parent), name=f"tether-supervisor-{self._name}")
