@@ -749,7 +749,9 @@ class CancelFunc:
 
         Never blocks or waits for the work the context governs; idempotent: the first
         cancellation wins, later calls (with or without a cause) do nothing; thread-safe and
-        safe from any event loop. On an already ended context it does nothing. Raises
+        safe from any event loop — but not from inside a ``signal`` handler, which may run
+        while the interrupted code holds the lock this takes: use
+        ``tether.signal_context``. On an already ended context it does nothing. Raises
         ``TypeError`` if ``cause`` is not an exception or ``None``.
         """
         c = self._ctx

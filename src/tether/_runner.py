@@ -8,7 +8,6 @@ that stayed idle for ``IDLE_SECONDS`` exit. The pool is empty when nothing runs.
 
 from __future__ import annotations
 
-import logging
 import os
 import queue
 import threading
@@ -17,7 +16,6 @@ from collections.abc import Callable
 __all__ = ["IDLE_SECONDS", "submit"]
 
 IDLE_SECONDS = 2.0
-_log = logging.getLogger("tether")
 
 
 class _Runner:
@@ -45,7 +43,9 @@ class _Runner:
             try:
                 fn()
             except BaseException:
-                _log.exception("tether: an after_func callback raised")
+                import logging  # only on this path: `import tether` stays light
+
+                logging.getLogger("tether").exception("tether: an after_func callback raised")
             del fn
             with self._lock:
                 self._idle += 1
