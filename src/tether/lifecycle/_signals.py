@@ -48,7 +48,7 @@ from collections.abc import Callable
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any, final
 
-from .._context import Context, Scope, background, with_cancel
+from .._context import Context, Scope, _derive, _site, background
 from .._errors import LostCancelWarning
 
 if TYPE_CHECKING:
@@ -364,13 +364,18 @@ class StopFunc:
 
     def __del__(self) -> None:
         if not getattr(self, "_stopped", True) and not sys.is_finalizing():
-            warnings.warn(
+            cf = self._scope[1]
+            filename, line = _site(cf._code, cf._lasti)  # the signal_context() call
+            warnings.warn_explicit(
                 LostCancelWarning(
-                    f"tether: the signal context {self._scope[0]!r} was garbage-collected "
-                    "without stop(); its signal handlers stay installed. Call stop(), or "
-                    "use `with tether.signal_context() as ctx:`."
+                    f"tether: the signal context {self._scope[0]!r}, created at "
+                    f"{filename}:{line}, was garbage-collected without stop(); its signal "
+                    "handlers stay installed. Call stop(), or use "
+                    "`with tether.signal_context() as ctx:`."
                 ),
-                stacklevel=1,
+                LostCancelWarning,
+                filename,
+                line,
             )
 
     def __repr__(self) -> str:
@@ -490,7 +495,9 @@ def signal_context(*signals: int, parent: Context = background()) -> SignalScope
             "signal handlers only there); create it in main() and pass the context to "
             "your threads"
         )
-    scope = with_cancel(parent)
+    # _derive directly (not with_cancel): the creation site recorded for leak reports
+    # and LostCancelWarning is then the caller's line, not this one.
+    scope = _derive(parent, "signal_context", None, False, None)
     q = _acquire_helper()
     entry = _Entry(scope[0], scope[1], q)
     try:
