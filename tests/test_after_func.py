@@ -161,6 +161,7 @@ def test_stop_races_with_cancel_exactly_one_wins():
             assert not fn.called.is_set(), "stop() returned True but fn ran"
 
 
+@pytest.mark.realtime
 def test_after_func_on_a_deadline():
     ctx, cancel = tether.with_timeout(bg(), 0.01)
     fn = Recorder()

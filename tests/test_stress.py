@@ -182,5 +182,7 @@ def test_eight_threads_100_000_operations(monkeypatch):
         if not extra and not tether_threads():
             break
         if time.monotonic() > end:
-            pytest.fail(f"threads left behind: {[t.name for t in extra + tether_threads()]}")
+            faulthandler.dump_traceback(all_threads=True)
+            names = {t.name for t in extra + tether_threads()}
+            pytest.fail(f"threads left behind: {sorted(names)} (stacks on stderr)")
         time.sleep(0.01)

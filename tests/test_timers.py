@@ -128,6 +128,7 @@ def test_a_deadline_never_fires_early():
         cancel()
 
 
+@pytest.mark.realtime
 def test_far_future_deadlines():
     far = [
         tether.with_timeout(bg(), 1e12),

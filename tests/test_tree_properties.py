@@ -252,6 +252,25 @@ class TreeMachine(RuleBasedStateMachine):
         m.cancel(n, cause)
         self.adopt(m)
 
+    @rule(i=st.integers(0, 10**6))
+    def read_in_thread(self, i):
+        """Values, error and cause read from another thread agree with the model."""
+        n = self.nodes[i % len(self.nodes)]
+        m = self.model()
+        out: list[Any] = []
+        t = threading.Thread(
+            target=lambda: out.append(
+                ([n.ctx.value(k) for k in KEYS], n.ctx.err(), tether.cause(n.ctx))
+            )
+        )
+        t.start()
+        t.join(10)
+        values, err, cause = out[0]
+        assert values == [value_of(n, k) for k in KEYS]
+        assert (type(err) if err is not None else None) == m.err(n)
+        want = m.cause(n)
+        assert cause is (err if want is None else want)
+
     @rule(dt=st.sampled_from(STEPS))
     def advance(self, dt):
         self.clock.advance(dt)
