@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import threading
 from datetime import datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
@@ -143,12 +144,33 @@ def test_naive_datetime():
         tether.with_deadline(bg(), datetime.now() + timedelta(seconds=5))
 
 
-@pytest.mark.parametrize("timeout", ["1", True, math.nan, math.inf])
+@pytest.mark.parametrize("timeout", ["1", True, math.nan, -math.inf])
 def test_done_wait_timeout(timeout):
     ctx, cancel = tether.with_cancel(bg())
     with pytest.raises((TypeError, ValueError), match=r"^tether: "):
         ctx.done().wait(timeout)
     cancel()
+
+
+def test_done_wait_nan_says_to_pass_none():
+    ctx, cancel = tether.with_cancel(bg())
+    with pytest.raises(ValueError, match="pass None to wait without a limit"):
+        ctx.done().wait(math.nan)
+    cancel()
+
+
+def test_done_wait_inf_means_no_limit():
+    ctx, cancel = tether.with_cancel(bg())
+    threading.Timer(0.01, cancel).start()
+    assert ctx.done().wait(math.inf) is True
+
+
+def test_cancel_checks_the_cause_even_when_already_ended():
+    ctx, cancel = tether.with_cancel(bg())
+    cancel()
+    assert ctx.err() is not None
+    with pytest.raises(TypeError, match=r"^tether: cause must be an exception"):
+        cancel("not an exception")  # type: ignore[arg-type]
 
 
 def test_good_numbers_are_accepted():

@@ -364,24 +364,28 @@ class Done:
     def wait(self, timeout: float | None = None) -> bool:
         """Block the calling thread until the context ends; return ``is_set()``.
 
-        ``timeout`` is in real seconds (``None``: no limit; ``<= 0``: just poll). Many threads
+        ``timeout`` is in real seconds (``None`` or ``math.inf``: no limit; ``<= 0``: just
+        poll). Many threads
         may wait at once; a ``cancel()`` from any thread releases them all. Do not call it on
         an event loop's thread: ``await`` the handle instead. A context that can never end
         (``background()``) blocks until the timeout.
 
         Blocks (up to ``timeout``); idempotent; thread-safe. On an already ended context it
-        returns ``True`` at once. Raises ``TypeError``/``ValueError`` for a timeout that is
-        not a finite number of seconds.
+        returns ``True`` at once. Raises ``TypeError`` for a timeout that is not a number of
+        seconds, ``ValueError`` for NaN or ``-inf``.
         """
         c = self._c
         if c._err is not None:
             return True
         if timeout is not None:
-            timeout = _seconds(timeout, "timeout")
-            if timeout <= 0:
-                return False
-            if timeout > threading.TIMEOUT_MAX:  # longer than a lock can wait: no limit
-                timeout = None
+            if timeout == math.inf:
+                timeout = None  # +inf is "no limit", like None
+            else:
+                timeout = _seconds(timeout, "timeout", "pass None to wait without a limit")
+                if timeout <= 0:
+                    return False
+                if timeout > threading.TIMEOUT_MAX:  # longer than a lock can wait: no limit
+                    timeout = None
         ev = c._event
         if ev is None:
             if c is _BACKGROUND:
@@ -754,12 +758,12 @@ class CancelFunc:
         ``tether.signal_context``. On an already ended context it does nothing. Raises
         ``TypeError`` if ``cause`` is not an exception or ``None``.
         """
+        if cause is not None and not isinstance(cause, BaseException):
+            raise TypeError(
+                f"tether: cause must be an exception or None, got {type(cause).__name__}"
+            )
         c = self._ctx
         if c._err is None:
-            if cause is not None and not isinstance(cause, BaseException):
-                raise TypeError(
-                    f"tether: cause must be an exception or None, got {type(cause).__name__}"
-                )
             _LOCK.acquire()
             try:
                 if c._err is not None:
@@ -963,7 +967,9 @@ def current() -> Context:
 # Durations and deadlines
 
 
-def _seconds(x: object, what: str = "duration") -> float:
+def _seconds(
+    x: object, what: str = "duration", hint: str = "for no limit, do not set a deadline"
+) -> float:
     t = type(x)
     if t is float:
         if x - x == 0:  # type: ignore[operator]  # finite
@@ -987,10 +993,7 @@ def _seconds(x: object, what: str = "duration") -> float:
             f = math.inf
         if math.isfinite(f):
             return f
-    raise ValueError(
-        f"tether: a {what} must be a finite number of seconds, got {x!r:.40}; "
-        "for no limit, do not set a deadline"
-    )
+    raise ValueError(f"tether: a {what} must be a finite number of seconds, got {x!r:.40}; {hint}")
 
 
 def _clock_time(when: object) -> float:
