@@ -68,6 +68,7 @@ ROWS: dict[str, dict[str, Any]] = {
         "title": "{n} live distinct deadlines: cancel all",
         "target": "<= 0.15 s",
         "limit": 0.15,
+        "note": "cantok arms no timer (each poll compares the clock): its cancel is a flag store",
     },
     "R6c": {
         "title": "{n} live distinct deadlines: memory (RSS growth, fresh process)",
@@ -97,16 +98,16 @@ ROWS: dict[str, dict[str, Any]] = {
 
 FULL = {
     "batch": 0.05,
-    "repeats": 9,
+    "repeats": 15,
     "children": 10_000,
-    "r5a_repeats": 9,
-    "r5b_repeats": 5,
+    "r5a_repeats": 15,
+    "r5b_repeats": 7,
     "deadlines": 100_000,
     "r6_repeats": 3,
     "tasks": 10_000,
-    "r7_repeats": 7,
+    "r7_repeats": 9,
     "trials": 200,
-    "latency_repeats": 5,
+    "latency_repeats": 7,
 }
 QUICK = {
     "batch": 0.01,
@@ -129,8 +130,25 @@ def make_row(row_id: str, results: list[Result], scale: float = 1.0, n: int = 0)
     if scale != 1.0 and spec.get("limit") is not None and not spec.get("exact"):
         spec["limit"] *= scale
         spec["target"] += f" x {scale:g} = {fmt(spec['limit'], spec.get('unit', 's'))}"
-        spec["note"] = f"--quick: {n:,} deadlines, the target scaled to match"
+        quick = f"--quick: {n:,} deadlines, the target scaled to match"
+        spec["note"] = f"{spec['note']}; {quick}" if spec.get("note") else quick
     return Row(row_id, results=results, **spec)
+
+
+def _git(src: Path) -> str:
+    """The commit tether was imported from, "+dirty" if its sources differ from it."""
+
+    def run(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], capture_output=True, text=True, cwd=src, timeout=10, check=False
+        ).stdout.strip()
+
+    try:
+        rev = run("rev-parse", "--short", "HEAD")
+        dirty = run("status", "--porcelain", "--untracked-files=no", "--", ".")
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return rev + ("+dirty" if rev and dirty else "")
 
 
 def machine() -> dict[str, Any]:
@@ -142,7 +160,13 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
+    import tether
+
+    src = Path(tether.__file__).resolve().parent
+    git = _git(src)
     return {
+        "tether_source": str(src),
+        "git": git or "not a git checkout",
         "python": sys.version.split()[0],
         "implementation": platform.python_implementation(),
         "platform": platform.platform(),
@@ -236,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         f"load {info['loadavg'][0]:.2f}"
     )
     print("  " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()))
+    print(f"  tether from {info['tether_source']} ({info['git']})")
     print("  figures: min over repeats (median in parentheses); ratio = line / best peer\n")
 
     rows: list[Row] = []
