@@ -6,6 +6,7 @@ the types users get are the ones they expect (mypy strict over tests/typed_examp
 from __future__ import annotations
 
 import copy
+import gc
 import json
 import pickle
 import subprocess
@@ -184,12 +185,26 @@ def test_background_and_todo_are_shared_singletons():
     assert tether.current() is tether.background()
 
 
-def test_done_handle_is_cached():
+def test_done_handles_are_equal_and_make_no_cycle():
     ctx, cancel = tether.with_cancel(tether.background())
-    assert ctx.done() is ctx.done()
+    assert ctx.done() == ctx.done()
+    assert hash(ctx.done()) == hash(ctx.done())
     # A value child shares its parent's cancellation, and so its handle.
-    assert tether.with_value(ctx, "k", 1).done() is ctx.done()
+    assert tether.with_value(ctx, "k", 1).done() == ctx.done()
+    other, cancel_other = tether.with_cancel(tether.background())
+    assert other.done() != ctx.done()
+    cancel_other()
     cancel()
+    # An ended context is freed by reference counting alone: nothing it holds
+    # (its Done handle included) points back at it.
+    ref = weakref.ref(ctx)
+    ctx.done().wait(0)
+    gc.disable()
+    try:
+        del ctx, cancel
+        assert ref() is None
+    finally:
+        gc.enable()
 
 
 def test_key_is_compared_by_identity_and_not_picklable():

@@ -18,7 +18,7 @@ bg = tether.background
 
 def record_expiry(ctx: tether.Context, order: list[str], name: str) -> None:
     """Record, synchronously and on the expiring thread, when ``ctx`` ends."""
-    assert _context._add_waiter(ctx._c, lambda: order.append(name))
+    assert _context._add_waiter((ctx._c or ctx), lambda: order.append(name))
 
 
 def test_installs_and_restores_the_clock():
@@ -146,7 +146,7 @@ def test_concurrent_advances_add_up_and_fire_each_deadline_once():
         scopes = [tether.with_timeout(bg(), 0.25 * i) for i in range(1, 65)]
         fired: list[int] = []
         for i, (ctx, _) in enumerate(scopes):
-            assert _context._add_waiter(ctx._c, lambda i=i: fired.append(i))
+            assert _context._add_waiter((ctx._c or ctx), lambda i=i: fired.append(i))
         start = threading.Barrier(8)
 
         def work():
@@ -173,7 +173,7 @@ def test_expiry_sees_the_advanced_time_and_may_arm_new_deadlines():
         def arm():  # runs inside advance(), on this thread, after `first` expired
             armed.append((clock.now(), tether.with_timeout(bg(), 1)))
 
-        assert _context._add_waiter(first._c, arm)
+        assert _context._add_waiter((first._c or first), arm)
         clock.advance(3)  # time jumps to the end, then what is due fires
         seen_at, (second, cancel_second) = armed[0]
         assert seen_at == 1003.0

@@ -51,7 +51,7 @@ def on_runtime(runtime: Any, fn: Callable[[], Any]) -> Any:
 
 def n_waiters(ctx: tether.Context) -> int:
     """How many wake-ups the context's owner holds (None, one waiter, or a dict)."""
-    ws = ctx._c._waiters
+    ws = (ctx._c or ctx)._waiters
     if ws is None:
         return 0
     return len(ws) if type(ws) is dict else 1

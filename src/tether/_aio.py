@@ -133,7 +133,7 @@ def enter_scope(cf: CancelFunc) -> Context:
     cf._cancelling = task.cancelling()
     cf._waker = waker_for(task.get_loop())
     ctx = cf._enter(_context._ASYNC)
-    c = ctx._c
+    c = ctx._c or ctx
     if c is not _context._BACKGROUND and not _context._add_waiter(c, cf):
         # born ended: interrupt at the body's first suspension, as asyncio.timeout(0)
         cf._waker.post(cf._interrupt)
@@ -157,5 +157,5 @@ def exit_scope(
     ):
         # No local may hold the new error: its traceback holds this frame, and a cycle
         # would keep frames, tracebacks and the task's handles alive until a GC pass.
-        c = cf._ctx._c
+        c = cf._ctx._c or cf._ctx
         raise _context._fresh_error(c) from (exc if c._cause is None else c._cause)

@@ -5,9 +5,13 @@ Layout of the state
 There is one class, ``Context``. A context either *owns* cancellation state (those made
 by ``with_cancel``/``with_timeout``/``with_deadline``, and ``background()`` itself) or
 *shares* the state of its nearest owning ancestor (``with_value``, ``todo()``;
-``without_cancel`` shares background's, which never ends). ``ctx._c`` is the owner
-(``ctx._c is ctx`` for owners), so every query is O(1) whatever the depth:
-``err()`` reads ``ctx._c._err``; ``value()`` is one dict lookup, because every context
+``without_cancel`` shares background's, which never ends). ``ctx._c`` is that owner
+for a sharing context and ``None`` for an owner, so every query is O(1) whatever the
+depth: ``err()`` reads ``(ctx._c or ctx)._err`` (a context is always truthy). An owner
+does not point at itself: a self-reference would make every context a reference cycle,
+freed only by the cyclic garbage collector, whose passes cost ~10% of a derive+cancel
+and most of the gap to asyncio.timeout with 10,000 tasks (docs/benchmarks.md);
+``value()`` is one dict lookup, because every context
 carries the full mapping of the values visible from it (copied on ``with_value``).
 
 The state slots are private and written only by the functions of this module; the
@@ -149,7 +153,7 @@ class Context:
     """
 
     __slots__ = (
-        "_c",  # the owner of the cancellation state: self, or the nearest owning ancestor
+        "_c",  # the nearest owning ancestor, or None for an owner (no self-reference cycle)
         "_values",  # dict of every value visible from here, or None; never mutated
         "_parent",  # the context this one was derived from (None for the roots)
         "_kind",  # how it was made, for repr
@@ -164,12 +168,11 @@ class Context:
         "_waiters",  # (L) what to wake when it ends: None, one waiter, or a dict of them
         "_entry",  # (L) the TimerQueue its deadline is armed in, or None
         "_event",  # (L) threading.Event for Done.wait, made on the first wait
-        "_done",  # the cached Done handle
         "__weakref__",
     )
     __module__ = "tether"
 
-    _c: Context
+    _c: Context | None
     _values: dict[Hashable, Any] | None
     _parent: Context | None
     _kind: str
@@ -183,7 +186,6 @@ class Context:
     _waiters: Waiter | dict[Waiter, None] | None
     _entry: _clock.TimerQueue | None
     _event: threading.Event | None
-    _done: Done | None
 
     def __init__(self) -> None:
         raise TypeError(
@@ -206,7 +208,7 @@ class Context:
         Non-blocking; returns the same value on every call; thread-safe. An ended context
         keeps reporting the deadline it had. Raises nothing.
         """
-        return self._c._deadline
+        return (self._c or self)._deadline
 
     def remaining(self) -> float | None:
         """Seconds left before the deadline, or ``None`` if there is none.
@@ -217,21 +219,18 @@ class Context:
 
         Non-blocking; each call reads the clock; thread-safe. Raises nothing.
         """
-        d = self._c._deadline
+        d = (self._c or self)._deadline
         return None if d is None else d - _clock.now()
 
     def done(self) -> Done:
         """The handle that is set when this context ends: poll, block on or await it.
 
-        Non-blocking; returns the same handle on every call; thread-safe. On an already ended
+        Non-blocking; every call returns an equal handle (a new small object: caching it
+        on the context would make a reference cycle); thread-safe. On an already ended
         context the handle is already set. Raises nothing.
         """
-        c = self._c
-        d = c._done
-        if d is None:
-            d = _new(Done)
-            d._c = c
-            c._done = d  # a racing caller may store an equivalent handle; harmless
+        d: Done = _new(Done)
+        d._c = self._c or self
         return d
 
     def err(self) -> ContextError | None:
@@ -244,7 +243,7 @@ class Context:
         Non-blocking; idempotent (the same instance on every call once ended); thread-safe.
         Raises nothing.
         """
-        return self._c._err
+        return (self._c or self)._err
 
     def check(self) -> None:
         """Raise if this context ended, else return ``None``: the cancellation point.
@@ -257,9 +256,9 @@ class Context:
         ended context, with the cause, if one was given, as ``__cause__``; nothing while
         live.
         """
-        e = self._c._err
-        if e is not None:
-            raise _fresh_error(self._c)
+        c = self._c or self
+        if c._err is not None:
+            raise _fresh_error(c)
 
     @overload
     def value(self, key: Key[T]) -> T | None: ...
@@ -288,7 +287,7 @@ class Context:
             node = node._parent
         if len(parts) > 12:
             parts[6:-5] = [f"...{len(parts) - 11} more..."]
-        e = self._c._err
+        e = (self._c or self)._err
         state = "live" if e is None else str(e)
         return f"<tether.Context {'.'.join(reversed(parts))} [{state}]>"
 
@@ -297,7 +296,7 @@ class Context:
         if kind == "with_value":
             label = self._label
             return f"with_value({label.name if type(label) is Key else repr(label)[:40]})"
-        if kind == "with_deadline" and self._c is self and self._err is None:
+        if kind == "with_deadline" and self._c is None and self._err is None:
             d = self._deadline
             assert d is not None
             return f"with_deadline(in {d - _clock.now():.3g}s)"
@@ -413,6 +412,12 @@ class Done:
         gen: Generator[Any, None, None] = (_aio or _load_aio()).wait_done(self._c)
         return gen
 
+    def __eq__(self, other: object) -> bool:
+        return type(other) is Done and other._c is self._c
+
+    def __hash__(self) -> int:
+        return hash(self._c)
+
     def __bool__(self) -> bool:
         raise TypeError(
             "tether: a Done handle has no truth value; use ctx.done().is_set() "
@@ -491,16 +496,16 @@ def _mark(
             c._entry = None
             d: float = c._deadline  # type: ignore[assignment]  # armed: it has one
             armed = q.armed
-            b = armed[d]
+            b = armed.pop(d)
             if b is c:
-                del armed[d]
                 h = q.heap
                 if h[-1] == d:  # the newest timer, cancelled first: common, and O(1)
                     h.pop()
                 elif len(h) > 2 * len(armed):
                     q.compact()
-            else:
+            else:  # a deadline shared with other contexts: put the rest back
                 del b[c]
+                armed[d] = b
         ws = c._waiters
         if ws is not None:
             c._waiters = None
@@ -598,7 +603,7 @@ _clock.register_fork_hooks(_LOCK, _REAL_TIMERS)
 
 def _owner(parent: object) -> Context:
     if type(parent) is Context:
-        return parent._c
+        return parent._c or parent
     if parent is None:
         raise TypeError(
             "tether: parent context is None; pass tether.background() at the top of a "
@@ -621,9 +626,9 @@ def _derive(
     """
     if type(parent) is not Context:
         _owner(parent)  # raises the right error
-    p = parent._c
+    p = parent._c or parent
     c: Context = _new(Context)
-    c._c = c
+    c._c = None  # an owner: see the module docstring
     c._values = parent._values
     c._parent = parent
     c._kind = kind
@@ -633,7 +638,6 @@ def _derive(
     c._waiters = None
     c._entry = None
     c._event = None
-    c._done = None
     pd = p._deadline
     if deadline is None:
         c._deadline = pd
@@ -675,9 +679,8 @@ def _derive(
                 # arm (inline: this is with_timeout's hot path; see _clock's comment)
                 q = _clock.timers
                 armed = q.armed
-                b = armed.get(deadline)
-                if b is None:
-                    armed[deadline] = c
+                b = armed.setdefault(deadline, c)
+                if b is c:
                     _heappush(q.heap, deadline)
                     if deadline < q.wake_at:
                         q.wake(deadline)
@@ -696,7 +699,7 @@ def _derive(
     if _track is not None:
         _track[c] = (cf._code, cf._lasti)
     cf._state = 0
-    return tuple.__new__(Scope, (c, cf))
+    return Scope((c, cf))
 
 
 # --------------------------------------------------------------------------------------
@@ -901,7 +904,7 @@ class Scope(tuple[Context, CancelFunc]):
 
 def _root(kind: str) -> Context:
     c: Context = _new(Context)
-    c._c = c
+    c._c = None
     c._values = None
     c._parent = None
     c._kind = kind
@@ -915,7 +918,6 @@ def _root(kind: str) -> Context:
     c._waiters = None
     c._entry = None
     c._event = None
-    c._done = None
     return c
 
 

@@ -355,7 +355,7 @@ class TaskGroup:
         h._task = t
         self._tasks[t] = h
         t.add_done_callback(self._done_cb)
-        if ctx._c._err is not None:
+        if (ctx._c or ctx)._err is not None:
             loop.call_soon(h._interrupt)  # born ended: interrupt at its first suspension
         return h
 
@@ -474,7 +474,7 @@ class TaskGroup:
         self._body_active = True
         self._body_interrupted = False
         self._token = _current.set(self._ctx)
-        if self._ctx._c._err is not None:
+        if (self._ctx._c or self._ctx)._err is not None:
             assert self._waker is not None
             self._waker.post(self._abort)
         return self
@@ -528,7 +528,7 @@ class TaskGroup:
             raised = external if external is not None else propagate
         if raised is None:
             if ours:
-                err = _fresh_error(self._ctx._c)
+                err = _fresh_error(self._ctx._c or self._ctx)
                 if err.__cause__ is None:
                     raise err from exc
                 raise err
@@ -552,7 +552,7 @@ class TaskGroup:
 
             self._waker = waker_for(loop)
             self._loop = loop
-            c = self._ctx._c
+            c = self._ctx._c or self._ctx
             self._watch = w = self._on_ctx_end
             if not _context._add_waiter(c, w):
                 self._watch = None
@@ -598,7 +598,7 @@ class TaskGroup:
         h._task = t
         self._tasks[t] = h
         t.add_done_callback(self._done_cb)
-        if self._ctx._c._err is not None:
+        if (self._ctx._c or self._ctx)._err is not None:
             loop.call_soon(h._interrupt)  # born ended: interrupt at its first suspension
 
     def _on_task_done(self, task: Task[Any]) -> None:
@@ -623,7 +623,7 @@ class TaskGroup:
                 raise AssertionError("unreachable")  # pragma: no cover
             except _CancelledError as ce:
                 if h._interrupted:
-                    exc = _fresh_error(self._ctx._c)
+                    exc = _fresh_error(self._ctx._c or self._ctx)
                     exc.__context__ = ce
                     interrupted = True
                 else:
@@ -732,7 +732,7 @@ class TaskGroup:
         w = self._watch
         if w is not None:
             self._watch = None
-            _context._remove_waiter(self._ctx._c, w)
+            _context._remove_waiter((self._ctx._c or self._ctx), w)
         self._cancel(exc)
         return exc
 

@@ -301,7 +301,7 @@ async def to_thread(
         raise TypeError(f"tether: to_thread needs a callable, got {type(fn).__name__}")
     loop = get_running_loop()
     child, cancel = _derive(ctx, "to_thread", None, False, None)
-    c = child._c
+    c = child._c or child
     if c._err is not None:
         cancel()
         raise _fresh_error(c)
