@@ -37,6 +37,7 @@ from types import TracebackType
 from typing import Any, Generic, NoReturn, TypeVar, TypeVarTuple, final
 
 from ._context import CancelFunc, Context, _current, _derive
+from ._outcome import Outcome
 from ._thread import submit
 
 __all__ = ["Group", "Handle"]
@@ -264,13 +265,10 @@ class Group:
     """
 
     __slots__ = (
+        "_outcome",
         "_cancel",
-        "_coe",
         "_ctx",
         "_done_waiters",
-        "_errors",
-        "_fatal",
-        "_first",
         "_limit",
         "_lock",
         "_n",
@@ -283,12 +281,9 @@ class Group:
     _ctx: Context
     _cancel: CancelFunc
     _limit: int | None
-    _coe: bool
     _lock: threading.Lock
     _n: int  # (L) tasks started (or holding a slot) and not finished
-    _first: BaseException | None  # (L) the first error (an Exception), or None
-    _errors: list[Exception]  # (L) every error, in collect-all mode
-    _fatal: BaseException | None  # (L) the first non-Exception BaseException, or None
+    _outcome: Outcome  # (L) what the tasks raised
     _done_waiters: list[threading.Lock]  # (L) released when _n drops to 0
     _slot_waiters: deque[_SlotWaiter]  # (L) go() calls waiting for a slot, FIFO
     _token: Token[Context] | None
@@ -300,12 +295,9 @@ class Group:
         coe = _check_flag(cancel_on_error)
         self._ctx, self._cancel = _derive(ctx, "group", None, False, None)
         self._limit = lim
-        self._coe = coe
+        self._outcome = Outcome(coe)
         self._lock = threading.Lock()
         self._n = 0
-        self._first = None
-        self._errors = []
-        self._fatal = None
         self._done_waiters = []
         self._slot_waiters = deque()
         self._token = None
@@ -498,19 +490,8 @@ class Group:
 
     def _record(self, e: BaseException) -> BaseException | None:
         """Record a task's (or the body's) exception. Returns the cause to cancel with."""
-        cause: BaseException | None = None
         with self._lock:
-            if not isinstance(e, Exception):
-                if self._fatal is None:
-                    self._fatal = e
-                    cause = e
-            else:
-                if self._first is None:
-                    self._first = e
-                    if self._coe:
-                        cause = e
-                if not self._coe:
-                    self._errors.append(e)
+            cause = self._outcome.record(e)
         if cause is not None:
             self._cancel(cause)
         return cause
@@ -554,24 +535,11 @@ class Group:
     def _conclude(self) -> BaseException | None:
         """After the tasks: cancel ``g.ctx``; return what ``wait()`` raises, or None."""
         with self._lock:
-            exc: BaseException | None = self._fatal
-            if exc is None:
-                if self._coe:
-                    exc = self._first
-                elif self._errors:
-                    n = len(self._errors)
-                    exc = ExceptionGroup(
-                        f"{n} task{'s' if n > 1 else ''} of the group failed",
-                        list(self._errors),
-                    )
+            exc = self._outcome.result()
         self._cancel(exc)
         return exc
 
     def __repr__(self) -> str:
         lim = "" if self._limit is None else f" limit={self._limit}"
-        state = f"running={self._n}"
-        if self._fatal is not None:
-            state += f" fatal={type(self._fatal).__name__}"
-        elif self._first is not None:
-            state += f" error={type(self._first).__name__}"
+        state = f"running={self._n}{self._outcome.describe()}"
         return f"<tether.Group {state}{lim} ctx={self._ctx!r}>"

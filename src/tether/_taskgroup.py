@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, TypeVarTuple, final
 from . import _context
 from ._context import CancelFunc, Context, _current, _derive, _fresh_error
 from ._group import _check_flag, _check_limit, _limit_zero, _reraise
+from ._outcome import Outcome
 
 if TYPE_CHECKING:
     from asyncio import AbstractEventLoop, Future, Task
@@ -212,16 +213,13 @@ class TaskGroup:
     """
 
     __slots__ = (
+        "_outcome",
         "_body_active",
         "_body_interrupted",
         "_caller_cancelled",
         "_cancel",
-        "_coe",
         "_ctx",
         "_entry_cancelling",
-        "_errors",
-        "_fatal",
-        "_first",
         "_limit",
         "_loop",
         "_parent_task",
@@ -240,7 +238,6 @@ class TaskGroup:
     _ctx: Context
     _cancel: CancelFunc
     _limit: int | None
-    _coe: bool
     _loop: AbstractEventLoop | None
     _waker: _Waker | None
     _watch: Callable[[], None] | None  # registered on g.ctx's owner while bound
@@ -248,9 +245,7 @@ class TaskGroup:
     _queue: deque[TaskHandle[Any] | Future[None]]  # waiting for a slot, FIFO
     _tasks: dict[Task[Any], TaskHandle[Any]]  # running tasks and their handles
     _done_cb: Callable[[Task[Any]], None]  # self._on_task_done, bound once
-    _first: BaseException | None
-    _errors: list[Exception]
-    _fatal: BaseException | None
+    _outcome: Outcome
     _waiters: list[Future[None]]  # wait() calls, resolved when nothing runs
     _parent_task: Task[Any] | None
     _body_active: bool
@@ -266,7 +261,7 @@ class TaskGroup:
         coe = _check_flag(cancel_on_error)
         self._ctx, self._cancel = _derive(ctx, "task_group", None, False, None)
         self._limit = lim
-        self._coe = coe
+        self._outcome = Outcome(coe)
         self._loop = None
         self._waker = None
         self._watch = None
@@ -274,9 +269,6 @@ class TaskGroup:
         self._queue = deque()
         self._tasks = {}
         self._done_cb = self._on_task_done
-        self._first = None
-        self._errors = []
-        self._fatal = None
         self._waiters = []
         self._parent_task = None
         self._body_active = False
@@ -635,18 +627,7 @@ class TaskGroup:
         self._finish(h, value, exc, interrupted)
 
     def _record(self, e: BaseException) -> None:
-        cause: BaseException | None = None
-        if not isinstance(e, Exception):
-            if self._fatal is None:
-                self._fatal = e
-                cause = e
-        else:
-            if self._first is None:
-                self._first = e
-                if self._coe:
-                    cause = e
-            if not self._coe:
-                self._errors.append(e)
+        cause = self._outcome.record(e)
         if cause is not None:
             self._cancel(cause)
 
@@ -720,15 +701,7 @@ class TaskGroup:
         return propagate
 
     def _conclude(self) -> BaseException | None:
-        exc: BaseException | None = self._fatal
-        if exc is None:
-            if self._coe:
-                exc = self._first
-            elif self._errors:
-                n = len(self._errors)
-                exc = ExceptionGroup(
-                    f"{n} task{'s' if n > 1 else ''} of the group failed", list(self._errors)
-                )
+        exc = self._outcome.result()
         w = self._watch
         if w is not None:
             self._watch = None
@@ -741,10 +714,7 @@ class TaskGroup:
         state = f"running={self._running}"
         if self._queue:
             state += f" queued={len(self._queue)}"
-        if self._fatal is not None:
-            state += f" fatal={type(self._fatal).__name__}"
-        elif self._first is not None:
-            state += f" error={type(self._first).__name__}"
+        state += self._outcome.describe()
         return f"<tether.TaskGroup {state}{lim} ctx={self._ctx!r}>"
 
 
