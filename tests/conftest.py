@@ -13,9 +13,12 @@ import asyncio
 import concurrent.futures
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -149,3 +152,32 @@ def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
         if time.monotonic() > end:
             pytest.fail("condition not reached in time")
         time.sleep(0.001)
+
+
+@pytest.fixture(scope="session")
+def run_mypy(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Callable[[Path], subprocess.CompletedProcess[str]]:
+    """Run ``mypy --strict`` on a file the way a user would, with one shared cache."""
+    pytest.importorskip("mypy")
+    cache = tmp_path_factory.getbasetemp() / "mypy-cache"
+
+    def run(path: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "mypy",
+                "--strict",
+                "--no-error-summary",
+                "--cache-dir",
+                str(cache),
+                str(path),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+
+    return run

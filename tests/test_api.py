@@ -319,29 +319,8 @@ def test_cancel_is_idempotent_and_returns_none():
 # Types from the user's side
 
 
-def _mypy(path: Path, cache: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mypy",
-            "--strict",
-            "--no-error-summary",
-            "--cache-dir",
-            str(cache),
-            str(path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=HERE.parent,
-    )
-
-
-def test_typed_example_passes_mypy_strict(tmp_path_factory):
-    pytest.importorskip("mypy")
-    cache = tmp_path_factory.getbasetemp() / "mypy-cache"
-    proc = _mypy(TYPED_EXAMPLE, cache)
+def test_typed_example_passes_mypy_strict(tmp_path_factory, run_mypy):
+    proc = run_mypy(TYPED_EXAMPLE)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
     # ...and mypy really sees tether's types: a wrong claim is an error.
@@ -354,7 +333,7 @@ def test_typed_example_passes_mypy_strict(tmp_path_factory):
         "assert_type(ctx.value(K), int | None)\n"
         "tether.with_timeout(ctx, '5')\n"
     )
-    proc = _mypy(wrong, cache)
+    proc = run_mypy(wrong)
     assert proc.returncode == 1
     assert "wrong.py:5: error" in proc.stdout
     assert "wrong.py:6: error" in proc.stdout

@@ -124,29 +124,8 @@ def test_unknown_attribute():
 TYPED = Path(__file__).resolve().parent / "typed_lifecycle_example.py"
 
 
-def _mypy(path: Path, cache: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mypy",
-            "--strict",
-            "--no-error-summary",
-            "--cache-dir",
-            str(cache),
-            str(path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=TYPED.parent.parent,
-    )
-
-
-def test_typed_example_passes_mypy_strict(tmp_path_factory):
-    pytest.importorskip("mypy")
-    cache = tmp_path_factory.getbasetemp() / "mypy-cache"
-    proc = _mypy(TYPED, cache)
+def test_typed_example_passes_mypy_strict(tmp_path_factory, run_mypy):
+    proc = run_mypy(TYPED)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
     # ...and mypy sees the types: wrong arguments for a detached job or a pool item fail.
@@ -159,7 +138,7 @@ def test_typed_example_passes_mypy_strict(tmp_path_factory):
         "lifecycle.DetachedRunner().go(tether.background(), audit, 3)\n"
         "lifecycle.WorkerPool(handle).submit('x')\n"
     )
-    proc = _mypy(wrong, cache)
+    proc = run_mypy(wrong)
     assert proc.returncode == 1
     assert "wrong_lifecycle.py:5: error" in proc.stdout
     assert "wrong_lifecycle.py:6: error" in proc.stdout
