@@ -199,29 +199,12 @@ def _derive_cancel_observe() -> list[Case]:
     ]
 
 
-def _deadline_cancel() -> list[Case]:
+def _scopes_60s(asyncio_label: str) -> list[Case]:
+    """The peers' 60 s timeout scope, entered and left (rows R2 and X3)."""
     return [
         Case(
-            "tether",
-            "c, cancel = with_timeout(background(), 60); cancel()",
-            stmt="c, cancel = tether.with_timeout(BG, 60.0); cancel()",
-            primary=True,
-        ),
-        Case(
-            "tether",
-            "the same under a live with_cancel parent (registers the child too)",
-            setup="parent, pcancel = tether.with_cancel(BG)",
-            stmt="c, cancel = tether.with_timeout(parent, 60.0); cancel()",
-            teardown="pcancel()",
-        ),
-        Case(
-            "cantok",
-            "t = TimeoutToken(60); t.cancel()",
-            stmt="t = cantok.TimeoutToken(60.0); t.cancel()",
-        ),
-        Case(
             "asyncio",
-            "async with asyncio.timeout(60): pass  (arms, then disarms, a loop timer)",
+            asyncio_label,
             stmt="""
                 async with asyncio.timeout(60.0):
                     pass
@@ -246,6 +229,30 @@ def _deadline_cancel() -> list[Case]:
             """,
             runner="trio",
         ),
+    ]
+
+
+def _deadline_cancel() -> list[Case]:
+    return [
+        Case(
+            "tether",
+            "c, cancel = with_timeout(background(), 60); cancel()",
+            stmt="c, cancel = tether.with_timeout(BG, 60.0); cancel()",
+            primary=True,
+        ),
+        Case(
+            "tether",
+            "the same under a live with_cancel parent (registers the child too)",
+            setup="parent, pcancel = tether.with_cancel(BG)",
+            stmt="c, cancel = tether.with_timeout(parent, 60.0); cancel()",
+            teardown="pcancel()",
+        ),
+        Case(
+            "cantok",
+            "t = TimeoutToken(60); t.cancel()",
+            stmt="t = cantok.TimeoutToken(60.0); t.cancel()",
+        ),
+        *_scopes_60s("async with asyncio.timeout(60): pass  (arms, then disarms, a loop timer)"),
         Case(
             "asyncio",
             "loop.call_later(60, f).cancel()  (a bare timer: no scope)",
@@ -441,33 +448,7 @@ def _block() -> list[Case]:
             """,
             runner="asyncio",
         ),
-        Case(
-            "asyncio",
-            "async with asyncio.timeout(60): pass",
-            stmt="""
-                async with asyncio.timeout(60.0):
-                    pass
-            """,
-            runner="asyncio",
-        ),
-        Case(
-            "anyio",
-            "with move_on_after(60): pass  (asyncio backend)",
-            stmt="""
-                with anyio.move_on_after(60.0):
-                    pass
-            """,
-            runner="asyncio",
-        ),
-        Case(
-            "trio",
-            "with move_on_after(60): pass",
-            stmt="""
-                with trio.move_on_after(60.0):
-                    pass
-            """,
-            runner="trio",
-        ),
+        *_scopes_60s("async with asyncio.timeout(60): pass"),
     ]
 
 
