@@ -583,3 +583,31 @@ def test_a_thousand_scopes_on_the_real_clock():
         assert time.monotonic() - t0 < 30
 
     run(main())
+
+
+def test_cancel_after_the_waiting_loop_closed_is_harmless():
+    # A task awaits the context (and another sits in `async with`), then its loop is
+    # closed under it. Cancelling later must not raise (the loop can no longer be woken),
+    # must still end the context, and must leave the loop's waker usable by nobody.
+    ctx, cancel = tether.with_cancel(bg())
+    loop = asyncio.new_event_loop()
+
+    async def awaits_done():
+        await ctx.done()
+
+    async def in_scope():
+        async with tether.with_cancel(ctx):
+            await asyncio.sleep(3600)
+
+    tasks = [loop.create_task(awaits_done()), loop.create_task(in_scope())]
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert not any(t.done() for t in tasks)
+    loop.close()  # the tasks stay pending forever: nobody runs this loop again
+
+    cancel(ValueError("after close"))
+    assert isinstance(ctx.err(), tether.Canceled)
+    assert isinstance(tether.cause(ctx), ValueError)
+    waker = tether._aio.waker_for(loop)
+    assert waker._pending is None  # the failed post left no batch behind
+    for t in tasks:
+        t._log_destroy_pending = False  # silence asyncio's "Task was destroyed" at exit
