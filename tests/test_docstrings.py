@@ -22,7 +22,15 @@ CHECKLIST = {
 }
 
 # Names whose contract is a type, not a call.
-NOT_CALLS = {"ContextError", "Canceled", "DeadlineExceeded", "LostCancelWarning", "Key", "Scope"}
+NOT_CALLS = {
+    "REQUEST_ID",
+    "ContextError",
+    "Canceled",
+    "DeadlineExceeded",
+    "LostCancelWarning",
+    "Key",
+    "Scope",
+}
 
 
 def public_callables():

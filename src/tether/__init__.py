@@ -24,6 +24,8 @@ Example::
 ``import tether`` imports only the standard library.
 """
 
+import types as _types
+
 from ._context import (
     CancelFunc,
     Context,
@@ -43,6 +45,7 @@ from ._context import (
 )
 from ._errors import Canceled, ContextError, DeadlineExceeded, LostCancelWarning
 from ._group import Group, Handle
+from ._keys import REQUEST_ID
 from ._limiter import Limiter
 from ._sleep import asleep, sleep
 from ._taskgroup import TaskGroup, TaskHandle
@@ -63,6 +66,7 @@ __all__ = [
     "Key",
     "Limiter",
     "LostCancelWarning",
+    "REQUEST_ID",
     "Scope",
     "TaskGroup",
     "TaskHandle",
@@ -85,6 +89,6 @@ __all__ = [
 # Tracebacks, reprs and docs show the public path (the classes set it themselves).
 for _name in __all__:
     _obj = globals()[_name]
-    if getattr(_obj, "__module__", "").startswith("tether._"):
+    if isinstance(_obj, type | _types.FunctionType) and _obj.__module__.startswith("tether._"):
         _obj.__module__ = __name__
-del _name, _obj
+del _name, _obj, _types

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 from .. import _context
 from .._context import Context, Key, Scope, after_func, cause, with_cancel, without_cancel
+from .._keys import REQUEST_ID
 from ._signals import SignalReceived
 
 __all__ = [
@@ -47,7 +48,6 @@ T = TypeVar("T")
 
 LOG = logging.getLogger("tether.lifecycle")
 
-REQUEST_ID: Key[str] = Key("request_id")
 WORKER: Key[str] = Key("worker")
 
 _DRAIN: Key[Context] = Key("tether.lifecycle.drain")
