@@ -1012,6 +1012,7 @@ def _derive(
         _track[c] = (cf._code, cf._lasti)
     cf._state = 0
     if _observer is not None:
+        c._label = (cf._code, cf._lasti)  # an owner's _label: its creation site
         _observed(c, parent, kind)
     return Scope((c, cf))
 
