@@ -57,19 +57,17 @@ _MAX_SLEEP = 3600.0  # Lock.acquire overflows on far deadlines: wake up and look
 
 class TimerQueue:
     """A heap of deadlines. Every method but ``start`` must be called inside a critical
-    section of the tree lock (``enter()``/``leave()``, given by ``_context``)."""
+    section of the tree lock (``_context._locked``, given to the queue as ``locked``)."""
 
     def __init__(
         self,
-        enter: Callable[[], bool],
-        leave: Callable[[], None],
+        locked: Callable[..., Any],
         defer: Callable[[Callable[[], object]], None],
         expire: Callable[[list[Any]], None],
         *,
         threaded: bool,
     ) -> None:
-        self._enter = enter
-        self._leave = leave
+        self.locked = locked  # locked(fn, *args): fn(*args) under the lock, or REENTERED
         self._defer = defer
         self._expire = expire  # called without the lock, with contexts in deadline order
         self.threaded = threaded
@@ -185,27 +183,29 @@ class TimerQueue:
         """
         from . import _threads
 
-        if not self._enter():  # re-entered: start it once the holder leaves
-            self._defer(self._start_logged)
+        t = _threads.new(self._run, name="tether-timer")
+        r = self.locked(self._claim, t)
+        if r is not True:
+            if r is not False:  # re-entered: start it once the holder leaves
+                self._defer(self._start_logged)
             return
-        try:
-            cur = self._thread
-            if cur is not None and (cur.ident is None or cur.is_alive()):
-                return  # running, or being started by another thread
-            t = self._thread = _threads.new(self._run, name="tether-timer")
-        finally:
-            self._leave()
         try:
             t.start()
         except BaseException:
-            if self._enter():
-                try:
-                    if self._thread is t:
-                        self._thread = None
-                        self.wake_at = math.inf
-                finally:
-                    self._leave()
+            self.locked(self._forget, t)
             raise
+
+    def _claim(self, t: threading.Thread) -> bool:
+        cur = self._thread
+        if cur is not None and (cur.ident is None or cur.is_alive()):
+            return False  # running, or being started by another thread
+        self._thread = t
+        return True
+
+    def _forget(self, t: threading.Thread) -> None:
+        if self._thread is t:
+            self._thread = None
+            self.wake_at = math.inf
 
     def _start_logged(self) -> None:
         try:
@@ -221,45 +221,42 @@ class TimerQueue:
             self._loop(me)
         finally:
             # However the loop ended, a later wake() must see that no thread runs.
-            if self._enter():
-                try:
-                    if self._thread is me:
-                        self._thread = None
-                        self.wake_at = math.inf
-                finally:
-                    self._leave()
+            self.locked(self._forget, me)
+
+    def _next(self, me: threading.Thread, state: list[Any]) -> tuple[list[Any], float] | None:
+        """One look at the heap, under the lock: (due contexts, seconds to sleep), or
+        None when the thread must exit. ``state`` holds when the heap became empty."""
+        if self._thread is not me:  # replaced after a fork
+            return None
+        t = time.monotonic()
+        due = self.pop_due(t)
+        heap = self.heap
+        while heap and heap[0] not in self.armed:
+            heapq.heappop(heap)
+        if due:
+            self.wake_at = -math.inf  # busy: an add need not wake us
+            return due, 0.0
+        if heap:
+            state[0] = None
+            self.wake_at = heap[0]
+            return due, self.wake_at - t
+        idle_since = state[0]
+        if idle_since is None:
+            state[0] = t
+        elif t - idle_since >= IDLE_SECONDS:
+            self._thread = None
+            self.wake_at = math.inf
+            return None
+        self.wake_at = math.inf
+        return due, IDLE_SECONDS
 
     def _loop(self, me: threading.Thread) -> None:
-        idle_since: float | None = None
+        state: list[Any] = [None]
         while True:
-            if not self._enter():  # pragma: no cover - the thread's own top level
-                raise AssertionError("tether: the timer thread re-entered the tree lock")
-            try:
-                if self._thread is not me:  # replaced after a fork
-                    return
-                t = time.monotonic()
-                due = self.pop_due(t)
-                heap = self.heap
-                while heap and heap[0] not in self.armed:
-                    heapq.heappop(heap)
-                if due:
-                    self.wake_at = -math.inf  # busy: an add need not wake us
-                    wait = 0.0
-                elif self.heap:
-                    idle_since = None
-                    self.wake_at = self.heap[0]
-                    wait = self.wake_at - t
-                else:
-                    if idle_since is None:
-                        idle_since = t
-                    elif t - idle_since >= IDLE_SECONDS:
-                        self._thread = None
-                        self.wake_at = math.inf
-                        return
-                    self.wake_at = math.inf
-                    wait = IDLE_SECONDS
-            finally:
-                self._leave()
+            r = self.locked(self._next, me, state)
+            if r is None:
+                return
+            due, wait = r
             if due:
                 try:
                     self._expire(due)
@@ -267,7 +264,7 @@ class TimerQueue:
                     import logging
 
                     logging.getLogger("tether").exception("tether: ending expired contexts raised")
-                del due
+                del due, r
                 continue
             # Lock.acquire(timeout) may return a hair early; the loop re-checks the clock,
             # so a deadline never fires before now() reaches it. Sleeping at most

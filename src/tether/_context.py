@@ -29,9 +29,10 @@ never changes after.
 
 The lock discipline (docs/design.md section 6 explains why):
 
-- A critical section is entered with ``_enter()`` (or its inline copy on the hot paths)
-  and left with ``_leave()``. ``_held`` is true exactly while a critical section may have
-  left the tree inconsistent.
+- A critical section is ``_locked(fn, *args)`` (inlined on the hot paths: derive and
+  cancel), which takes the lock with a ``with`` statement: an asynchronous exception
+  cannot strike between acquiring and protecting it. ``_held`` is true exactly while a
+  critical section may have left the tree inconsistent.
 - Code can re-enter on the *same* thread while it holds the lock: a garbage-collector
   pass started by any allocation runs finalizers (a generator suspended inside
   ``with with_cancel(...)`` closes its scope), and a signal handler runs between two
@@ -132,28 +133,39 @@ _track: Any = None
 _observer: Any = None
 
 
-def _enter() -> bool:
-    """Enter a critical section. False, with nothing held, if this thread re-entered one.
+class _Reentered:
+    """What ``_locked`` returns when this thread is already inside a critical section."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<re-entered>"
+
+
+_REENTERED: Any = _Reentered()
+
+
+def _locked(fn: Callable[..., T], *args: Any) -> T:
+    """Run ``fn(*args)`` as a critical section; ``_REENTERED`` if this thread re-entered.
 
     A re-entry is a finalizer or a signal handler that runs while this thread is inside a
-    critical section: it must not touch the tree, and ``_defer``s its work instead.
+    critical section: it must not touch the tree, and ``_defer``s its work instead. The
+    lock is taken by a ``with`` statement, which an asynchronous exception cannot
+    interrupt between acquiring and protecting (the hot paths inline the same shape).
+    Deferred work runs after the lock is released.
     """
     global _held
-    _LOCK.acquire()
-    if _held:
-        _LOCK.release()
-        return False
-    _held = True
-    return True
-
-
-def _leave() -> None:
-    """Leave a critical section, then run the work that re-entrant calls deferred."""
-    global _held
-    _held = False
-    _LOCK.release()
+    with _LOCK:
+        if _held:
+            return _REENTERED  # type: ignore[no-any-return]
+        try:
+            _held = True
+            r = fn(*args)
+        finally:
+            _held = False
     if _deferred:
         _run_deferred()
+    return r
 
 
 def _defer(fn: Callable[[], object]) -> None:
@@ -172,23 +184,6 @@ def _run_deferred() -> None:
             fn()
         except Exception:
             _log_exception("tether: deferred cancellation work raised")
-
-
-class _Section:
-    """``with _section:`` on cold paths: a critical section, an error if re-entered."""
-
-    def __enter__(self) -> None:
-        if not _enter():
-            raise RuntimeError(
-                "tether: this call cannot run inside a finalizer or signal handler that "
-                "interrupted tether's own bookkeeping"
-            )
-
-    def __exit__(self, *exc: object) -> None:
-        _leave()
-
-
-_section = _Section()
 
 
 def _log_exception(msg: str) -> None:
@@ -491,19 +486,14 @@ class Done:
             new = threading.Event()
             if c is _BACKGROUND:
                 return new.wait(timeout)
-            if _enter():
-                try:
-                    if c._err is not None:
-                        return True
-                    ev = c._event
-                    if ev is None:
-                        ev = c._event = new
-                        _put_waiter(c, new.set)
-                finally:
-                    _leave()
-            else:  # re-entered by a finalizer or a signal handler: register afterwards
+            got = _locked(_install_event, c, new)
+            if got is _REENTERED:  # in a finalizer or signal handler: register afterwards
                 ev = new
                 _defer(partial(_late_add, c, new.set))
+            elif got is None:
+                return True  # ended meanwhile
+            else:
+                ev = got
         return ev.wait(timeout)
 
     def __await__(self) -> Generator[Any, None, None]:
@@ -540,6 +530,17 @@ class Done:
 # The tree: registration, waiters, cancellation
 
 
+def _install_event(c: Context, new: threading.Event) -> threading.Event | None:
+    """The event ``Done.wait`` blocks on (``new`` if there was none); None if ended."""
+    if c._err is not None:
+        return None
+    ev = c._event
+    if ev is None:
+        ev = c._event = new
+        _put_waiter(c, new.set)
+    return ev
+
+
 def _put_waiter(c: Context, w: Waiter) -> None:
     """Register ``w`` on live owner ``c``. Holds _LOCK.
 
@@ -565,6 +566,13 @@ def _drop_waiter(c: Context, w: Waiter) -> None:
         c._waiters = None
 
 
+def _try_put(c: Context, w: Waiter) -> bool:
+    if c._err is not None:
+        return False
+    _put_waiter(c, w)
+    return True
+
+
 def _add_waiter(c: Context, w: Waiter) -> bool:
     """Register ``w`` to run when owner ``c`` ends. False (nothing kept) if already ended.
 
@@ -572,40 +580,25 @@ def _add_waiter(c: Context, w: Waiter) -> bool:
     Re-entered from a finalizer or a signal handler, the registration is deferred (and
     ``w`` runs then if ``c`` ended meanwhile); it returns True.
     """
-    if not _enter():
+    r = _locked(_try_put, c, w)
+    if r is _REENTERED:
         _defer(partial(_late_add, c, w))
         return True
-    try:
-        if c._err is not None:
-            return False
-        _put_waiter(c, w)
-        return True
-    finally:
-        _leave()
+    return r
 
 
 def _late_add(c: Context, w: Waiter) -> None:
     """A deferred ``_add_waiter``: register ``w``, or wake it now if ``c`` ended meanwhile."""
-    if not _enter():
+    r = _locked(_try_put, c, w)
+    if r is _REENTERED:
         _defer(partial(_late_add, c, w))
-        return
-    try:
-        if c._err is None:
-            _put_waiter(c, w)
-            return
-    finally:
-        _leave()
-    _notify([w])
+    elif not r:
+        _notify([w])
 
 
 def _remove_waiter(c: Context, w: Waiter) -> None:
-    if not _enter():
+    if _locked(_drop_waiter, c, w) is _REENTERED:
         _defer(partial(_remove_waiter, c, w))
-        return
-    try:
-        _drop_waiter(c, w)
-    finally:
-        _leave()
 
 
 # What _mark collected, read and cleared by its caller before it leaves the critical
@@ -773,29 +766,34 @@ def _cancel(
     """End owner ``c`` (first cancellation wins); first unregister ``drop``, if given.
 
     Re-entered from a finalizer or a signal handler while this thread is inside a
-    critical section, it is deferred until that section ends.
+    critical section, it is deferred until that section ends. (``_locked``'s shape,
+    inlined: this is the hot path of every cancel.)
     """
     global _held
-    _LOCK.acquire()
-    if _held:
-        _LOCK.release()
+    interrupted: BaseException | None = None
+    out = ended = None
+    with _LOCK:
+        if _held:
+            reentered = True
+        else:
+            reentered = False
+            try:
+                _held = True
+                try:
+                    if drop is not None:
+                        _drop_waiter(c, drop)
+                    if c._err is None:
+                        _mark(c, err, cause)
+                except BaseException as e:  # KeyboardInterrupt mid-way: finish, re-raise
+                    interrupted = e
+                    _finish((c,), err, cause, False)
+                if _out or _ended:
+                    out, ended = _take()
+            finally:
+                _held = False
+    if reentered:
         _defer(partial(_cancel, c, err, cause, drop))
         return
-    _held = True
-    interrupted: BaseException | None = None
-    try:
-        try:
-            if drop is not None:
-                _drop_waiter(c, drop)
-            if c._err is None:
-                _mark(c, err, cause)
-        except BaseException as e:  # KeyboardInterrupt mid-way: finish, then re-raise
-            interrupted = e
-            _finish((c,), err, cause, False)
-        out, ended = _take() if (_out or _ended) else (None, None)
-    finally:
-        _held = False
-        _LOCK.release()
     if _deferred:
         _run_deferred()
     if ended is not None:
@@ -806,28 +804,29 @@ def _cancel(
         raise interrupted
 
 
+def _expire_locked(due: list[Context], err: ContextError) -> Any:
+    interrupted: BaseException | None = None
+    try:
+        for c in due:
+            if c._err is None:
+                _mark(c, err, c._dcause)
+    except BaseException as e:
+        interrupted = e
+        _finish(due, err, None, True)
+    return (*_take(), interrupted)
+
+
 def _expire(due: list[Context]) -> None:
     """End contexts whose deadline passed (timer thread or FakeClock.advance).
 
     Contexts that expire together share one ``DeadlineExceeded`` instance, as a subtree
     ended by one cancellation does.
     """
-    err = DeadlineExceeded()
-    if not _enter():
+    r = _locked(_expire_locked, due, DeadlineExceeded())
+    if r is _REENTERED:
         _defer(partial(_expire, due))
         return
-    interrupted: BaseException | None = None
-    try:
-        try:
-            for c in due:
-                if c._err is None:
-                    _mark(c, err, c._dcause)
-        except BaseException as e:
-            interrupted = e
-            _finish(due, err, None, True)
-        out, ended = _take()
-    finally:
-        _leave()
+    out, ended, interrupted = r
     if ended is not None:
         _report(ended)
     if out is not None:
@@ -849,42 +848,43 @@ def _unlink(c: Context) -> None:
         q.disarm(c)
 
 
+def _link_locked(p: Context, c: Context, deadline: float | None) -> Any:
+    start = False
+    if c._err is None:
+        if p._err is not None:
+            _mark(c, p._err, p._cause)
+        else:
+            if p is not _BACKGROUND:
+                c._pnode = p
+                ch = p._children
+                if ch is None:
+                    p._children = {c}
+                else:
+                    ch.add(c)
+            if deadline is not None:
+                start = _clock.timers.arm(c, deadline)
+    return (*_take(), start)
+
+
 def _link(p: Context, c: Context, deadline: float | None) -> None:
     """Finish a derive made re-entrantly (deferred): register ``c``, arm its deadline."""
-    if not _enter():
+    r = _locked(_link_locked, p, c, deadline)
+    if r is _REENTERED:
         _defer(partial(_link, p, c, deadline))
         return
-    start = False
-    q = _clock.timers
-    try:
-        if c._err is None:
-            if p._err is not None:
-                _mark(c, p._err, p._cause)
-            else:
-                if p is not _BACKGROUND:
-                    c._pnode = p
-                    ch = p._children
-                    if ch is None:
-                        p._children = {c}
-                    else:
-                        ch.add(c)
-                if deadline is not None:
-                    start = q.arm(c, deadline)
-        out, ended = _take()
-    finally:
-        _leave()
+    out, ended, start = r
     if ended is not None:
         _report(ended)
     if out is not None:
         _notify(out)
     if start:
         try:
-            q.start()
+            _clock.timers.start()
         except RuntimeError:
             _log_exception("tether: could not start the timer thread")
 
 
-_clock.timers = _REAL_TIMERS = _clock.TimerQueue(_enter, _leave, _defer, _expire, threaded=True)
+_clock.timers = _REAL_TIMERS = _clock.TimerQueue(_locked, _defer, _expire, threaded=True)
 _clock.register_fork_hooks(_LOCK, _REAL_TIMERS)
 
 
@@ -947,50 +947,51 @@ def _derive(
     elif p is _BACKGROUND and deadline is None:
         c._pnode = None  # nothing to register with, nothing to arm: no lock
     else:
-        _LOCK.acquire()
-        if _held:  # re-entered by a finalizer or a signal handler: link it afterwards
-            _LOCK.release()
+        start = reentered = False
+        with _LOCK:  # _locked's shape, inlined: this is the hot path of every derive
+            if _held:
+                reentered = True
+            else:
+                try:
+                    _held = True
+                    if p is _BACKGROUND:
+                        c._pnode = None
+                    elif p._err is not None:  # born ended under an ended parent
+                        c._err = p._err
+                        c._cause = p._cause
+                        c._pnode = None
+                        deadline = None
+                    else:
+                        c._pnode = p
+                        ch = p._children
+                        if ch is None:
+                            p._children = {c}
+                        else:
+                            ch.add(c)
+                    if deadline is not None:
+                        # arm (inline: this is with_timeout's hot path; TimerQueue.arm is
+                        # the same steps, see _clock's comment)
+                        q = _clock.timers
+                        armed = q.armed
+                        b = armed.setdefault(deadline, c)
+                        if b is c:
+                            _heappush(q.heap, deadline)
+                            if deadline < q.wake_at:
+                                start = q.wake(deadline)
+                        elif type(b) is dict:
+                            b[c] = None
+                        else:
+                            armed[deadline] = {b: None, c: None}
+                        c._entry = q
+                except BaseException:  # an asynchronous exception: undo the half-made link
+                    _unlink(c)
+                    raise
+                finally:
+                    _held = False
+        if reentered:  # a finalizer or a signal handler: link it once the holder leaves
             c._pnode = None
             _defer(partial(_link, p, c, deadline))
         else:
-            _held = True
-            start = False
-            try:
-                if p is _BACKGROUND:
-                    c._pnode = None
-                elif p._err is not None:  # born ended under an ended parent
-                    c._err = p._err
-                    c._cause = p._cause
-                    c._pnode = None
-                    deadline = None
-                else:
-                    c._pnode = p
-                    ch = p._children
-                    if ch is None:
-                        p._children = {c}
-                    else:
-                        ch.add(c)
-                if deadline is not None:
-                    # arm (inline: this is with_timeout's hot path; TimerQueue.arm is
-                    # the same steps, see _clock's comment)
-                    q = _clock.timers
-                    armed = q.armed
-                    b = armed.setdefault(deadline, c)
-                    if b is c:
-                        _heappush(q.heap, deadline)
-                        if deadline < q.wake_at:
-                            start = q.wake(deadline)
-                    elif type(b) is dict:
-                        b[c] = None
-                    else:
-                        armed[deadline] = {b: None, c: None}
-                    c._entry = q
-            except BaseException:  # an asynchronous exception: undo the half-made link
-                _unlink(c)
-                raise
-            finally:
-                _held = False
-                _LOCK.release()
             if _deferred:
                 _run_deferred()
             if start:  # the timer thread is started outside the lock
@@ -1026,16 +1027,15 @@ def _observed(c: Context, parent: Context, kind: str) -> None:
             _log_exception("tether: an observer raised")
 
 
+def _abandon_locked(c: Context) -> None:
+    _unlink(c)
+    c._err = Canceled()
+
+
 def _abandon(c: Context) -> None:
     """Unregister and disarm a context that will never be returned to anyone."""
-    if not _enter():
+    if _locked(_abandon_locked, c) is _REENTERED:
         _defer(partial(_abandon, c))
-        return
-    try:
-        _unlink(c)
-        c._err = Canceled()
-    finally:
-        _leave()
 
 
 # --------------------------------------------------------------------------------------
@@ -1510,34 +1510,30 @@ class _AfterFunc:
         self._state = 0
 
     def __call__(self) -> None:  # the context ended: hand fn to the runner
-        _LOCK.acquire()
-        s = self._state
-        if s == 0:
-            self._state = 1
-        _LOCK.release()
+        with _LOCK:
+            s = self._state
+            if s == 0:
+                self._state = 1
         if s == 0 and not _runner.submit(self._run):
             # No thread could be started: the job stays queued for the runner's next
             # worker, and until then stop() can still prevent it.
-            _LOCK.acquire()
-            if self._state == 1:
-                self._state = 0
-            _LOCK.release()
+            with _LOCK:
+                if self._state == 1:
+                    self._state = 0
 
     def _run(self) -> None:  # on a runner thread
-        _LOCK.acquire()
-        s = self._state
-        if s < 2:
-            self._state = 3
-        _LOCK.release()
+        with _LOCK:
+            s = self._state
+            if s < 2:
+                self._state = 3
         if s < 2:
             self._fn()
 
     def stop(self) -> bool:
-        _LOCK.acquire()
-        s = self._state
-        if s == 0:
-            self._state = 2
-        _LOCK.release()
+        with _LOCK:
+            s = self._state
+            if s == 0:
+                self._state = 2
         if s:
             return False
         _remove_waiter(self._c, self)

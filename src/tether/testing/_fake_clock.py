@@ -4,11 +4,26 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from types import TracebackType
+from typing import Any, TypeVar
 
 from .. import _clock, _context
 
 __all__ = ["FakeClock"]
+
+T = TypeVar("T")
+
+
+def _in_lock(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` as a critical section of the tree lock."""
+    r = _context._locked(fn, *args)
+    if r is _context._REENTERED:
+        raise RuntimeError(
+            "tether: a FakeClock cannot be used from a finalizer or signal handler that "
+            "interrupted tether's own bookkeeping"
+        )
+    return r
 
 
 class FakeClock:
@@ -38,7 +53,7 @@ class FakeClock:
     def __init__(self, start: float | None = None) -> None:
         self._t = time.monotonic() if start is None else _context._seconds(start, "start")
         self._timers = _clock.TimerQueue(
-            _context._enter, _context._leave, _context._defer, _context._expire, threaded=False
+            _context._locked, _context._defer, _context._expire, threaded=False
         )
         self._advance_lock = threading.Lock()
         self._saved: tuple[object, object] | None = None
@@ -65,26 +80,31 @@ class FakeClock:
         with self._advance_lock:
             self._t += s
             while True:
-                with _context._section:
-                    due = self._timers.pop_due(self._t)
+                due = _in_lock(self._timers.pop_due, self._t)
                 if not due:
                     return
                 _context._expire(due)
 
     def timers(self) -> int:
         """How many deadlines are armed and not yet fired or cancelled."""
-        with _context._section:
-            return self._timers.live()
+        return _in_lock(self._timers.live)
 
     def __enter__(self) -> FakeClock:
-        with _context._section:
-            if FakeClock._installed is not None:
-                raise RuntimeError("tether: a FakeClock is already installed; use one at a time")
-            FakeClock._installed = self
-            self._saved = (_clock.now, _clock.timers)
-            _clock.now = self.now
-            _clock.timers = self._timers
+        _in_lock(self._install)
         return self
+
+    def _install(self) -> None:
+        if FakeClock._installed is not None:
+            raise RuntimeError("tether: a FakeClock is already installed; use one at a time")
+        FakeClock._installed = self
+        self._saved = (_clock.now, _clock.timers)
+        _clock.now = self.now
+        _clock.timers = self._timers
+
+    def _uninstall(self) -> None:
+        assert self._saved is not None
+        _clock.now, _clock.timers = self._saved  # type: ignore[assignment]
+        FakeClock._installed = None
 
     def __exit__(
         self,
@@ -92,10 +112,7 @@ class FakeClock:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        with _context._section:
-            assert self._saved is not None
-            _clock.now, _clock.timers = self._saved  # type: ignore[assignment]
-            FakeClock._installed = None
+        _in_lock(self._uninstall)
 
     def __repr__(self) -> str:
         return f"<tether.testing.FakeClock t={self._t:.6f}>"
