@@ -125,7 +125,7 @@ def test_finalizers_that_cancel_under_gc_pressure_do_not_deadlock():
         cancel_parent()
         no_live_under_ended([parent])
         assert _context._REAL_TIMERS.live() == 0, "cancelled deadlines left armed"
-        assert not _context._held and not _context._deferred
+        assert not _context._LOCK._is_owned() and not _context._deferred
         """
     )
 
@@ -456,7 +456,7 @@ def test_keyboard_interrupt_from_a_real_signal_during_cancels():
                 cancel_root()
             assert all(c.err() is not None for c in ctxs)
             no_live_under_ended([root])
-            assert not _context._held and not _context._deferred
+            assert not _context._LOCK._is_owned() and not _context._deferred
             assert not _context._LOCK._is_owned(), "the lock was left held"
         print("interrupted", interrupted, "of 60")
         fires()
