@@ -76,7 +76,8 @@ class bind:
     started finishes (microseconds). Each call makes a new binding; it is not reentrant
     itself, but blocks nest on one connection. Use the block and ``conn`` on one thread
     (as sqlite3 requires); ``ctx`` may be cancelled from any thread. Raises
-    ``TypeError`` for a ``None``/non-Context ``ctx``, ``ValueError`` for ``every < 1``.
+    ``TypeError`` for a ``None``/non-Context ``ctx``, ``ValueError`` for ``every < 1``,
+    ``ImportError`` on a Python built without ``sqlite3``.
     """
 
     __slots__ = (
@@ -104,6 +105,7 @@ class bind:
             raise ValueError(
                 f"tether: every must be a positive number of VM instructions, got {every!r}"
             )
+        _sqlite3()
         _owner(ctx)
         self._c = ctx
         self._conn = conn
