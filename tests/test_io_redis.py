@@ -7,6 +7,7 @@ that a blocked command no longer blocks once the context ended.
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
 import uuid
@@ -212,6 +213,35 @@ def test_live_context_commands_are_unchanged(client, name):
         finally:
             client.connection_pool.release(conn)
     assert client.execute_command.__self__ is client  # the client itself is untouched
+    # dropping the view closes nothing of the client's (redis.Redis.__del__ closes the
+    # pool of a client that made its own)
+    assert client.auto_close_connection_pool
+    conn = client.connection_pool.get_connection()
+    client.connection_pool.release(conn)
+    del r
+    gc.collect()
+    assert conn._sock is not None
+    assert client.ping()
+
+
+def test_a_single_connection_client_keeps_its_connection(name):
+    c = redis.Redis(host=HOST, port=PORT, single_connection_client=True)
+    try:
+        own = c.connection
+        with tether.with_timeout(tether.background(), 60) as ctx, tredis.bind(ctx, c) as r:
+            assert r.ping()
+            assert r.blpop([f"{name}:list"], timeout=0.01) is None
+        del r
+        gc.collect()
+        assert c.connection is own
+        assert own._sock is not None
+        ctx, cancel = tether.with_cancel(tether.background())
+        threading.Timer(0.05, cancel).start()
+        with pytest.raises(tether.Canceled), tredis.bind(ctx, c) as r2:
+            r2.blpop([f"{name}:list"], timeout=0)
+        assert c.ping()  # the single connection reconnects
+    finally:
+        c.close()
 
 
 def test_unrelated_errors_pass_through(client, name):

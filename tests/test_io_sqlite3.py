@@ -236,3 +236,12 @@ def test_misuse():
 def test_background_context_binds_and_never_interrupts(conn):
     with tsqlite.bind(tether.background(), conn):
         assert conn.execute("SELECT 3").fetchone() == (3,)
+
+
+def test_a_closed_connection_raises_sqlites_error_and_registers_nothing():
+    conn = sqlite3.connect(":memory:")
+    conn.close()
+    with tether.with_timeout(tether.background(), 60) as ctx:
+        with pytest.raises(sqlite3.ProgrammingError), tsqlite.bind(ctx, conn):
+            pass
+    assert not tsqlite._installed

@@ -269,6 +269,11 @@ class bind:
         c = self._c = entry_check(self._c)
         view = copy.copy(client)
         view.execute_command = _Command(c, client)
+        # redis.Redis.__del__ calls close(), which releases the client's single
+        # connection and, for a client that made its own pool, closes the pool: the
+        # view owns neither (its commands use the client's), so it must release nothing.
+        view.connection = None
+        view.auto_close_connection_pool = False
         return cast("redis.Redis", view)
 
     def __exit__(

@@ -130,9 +130,9 @@ class bind:
                 return 1
             return outer() if outer is not None else 0
 
-        self._watch = Watch(c, conn.interrupt)
-        conn.set_progress_handler(progress, self._every)
+        conn.set_progress_handler(progress, self._every)  # raises on a closed connection
         _installed[key] = (progress, self._every)
+        self._watch = Watch(c, conn.interrupt)
         return conn
 
     def __exit__(
