@@ -439,3 +439,65 @@ def test_asyncpg_misuse():
             await conn.close()
 
     asyncio.run(main())
+
+
+@pytest.mark.realtime
+def test_psycopg_a_statement_started_after_the_cancel_is_stopped_too(monitor):
+    # The context ends between two statements: the first cancel finds the backend
+    # idle (PostgreSQL ignores it); the next statement must still be stopped.
+    with psycopg.connect(DSN, autocommit=True) as conn:
+        ctx, cancel = tether.with_cancel(tether.background())
+
+        def body() -> None:
+            with tpsy.bind(ctx, conn):
+                conn.execute("SELECT 1")
+                cancel()
+                time.sleep(0.05)
+                conn.execute(SLEEP)
+
+        t0 = time.monotonic()
+        with pytest.raises(tether.Canceled):
+            body()
+        assert time.monotonic() - t0 < 2.0
+        assert conn.execute("SELECT 5").fetchone() == (5,)
+
+
+@pytest.mark.realtime
+def test_psycopg_async_a_statement_started_after_the_cancel_is_stopped_too():
+    async def main() -> None:
+        aconn = await psycopg.AsyncConnection.connect(DSN, autocommit=True)
+        async with aconn:
+            ctx, cancel = tether.with_cancel(tether.background())
+
+            async def body() -> None:
+                async with tpsy.bind(ctx, aconn):
+                    await aconn.execute("SELECT 1")
+                    cancel()
+                    await asyncio.sleep(0.05)
+                    await aconn.execute(SLEEP)
+
+            t0 = time.monotonic()
+            with pytest.raises(tether.Canceled):
+                await body()
+            assert time.monotonic() - t0 < 2.0
+            cur = await aconn.execute("SELECT 5")
+            assert await cur.fetchone() == (5,)
+
+    asyncio.run(main())
+
+
+def test_psycopg_the_callers_transaction_block_inside_bind():
+    with psycopg.connect(DSN) as conn:
+        ctx, cancel = tether.with_cancel(tether.background())
+        timer = threading.Timer(0.05, cancel)
+        timer.start()
+
+        def body() -> None:
+            with tpsy.bind(ctx, conn), conn.transaction():
+                conn.execute(SLEEP)
+
+        with pytest.raises(tether.Canceled):
+            body()
+        timer.join()
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        assert conn.execute("SELECT 6").fetchone() == (6,)

@@ -9,7 +9,8 @@
     async with tpg.bind(ctx, aconn):               # psycopg.AsyncConnection
         await aconn.execute("SELECT ...")
 
-When ``ctx`` ends inside the block, a cancel request goes to the server
+When ``ctx`` ends inside the block, a cancel request goes to the server (and goes
+again for any statement started later in the block)
 (``conn.cancel_safe()``, from a ``tether.after_func`` worker, since it blocks for a round
 trip; for an ``AsyncConnection`` the worker runs ``aconn.cancel_safe()`` on the
 connection's event loop). The server stops the statement, psycopg raises
@@ -28,6 +29,8 @@ Needs psycopg 3.2 or later: ``pip install 'tether[psycopg]'``. Added in 0.1.
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast
 
@@ -38,6 +41,9 @@ if TYPE_CHECKING:
     import psycopg
 
 __all__ = ["bind"]
+
+_POLL = 0.002  # how often a cancelling worker looks for a statement to stop
+_RECANCEL = 0.02  # how long a cancelled statement may take to stop before another cancel
 
 
 def _psycopg() -> Any:
@@ -56,7 +62,9 @@ class bind:
     ``psycopg.AsyncConnection``; both yield the connection itself. On entry: raises
     ``ctx``'s error if ``ctx`` already ended (or its deadline already passed), before
     any round trip; otherwise registers a server-side cancel (``cancel_safe``) with
-    ``tether.after_func``.
+    ``tether.after_func``: from the moment ``ctx`` ends until the block exits, any
+    statement running on the connection is cancelled (PostgreSQL ignores a cancel that
+    finds the connection idle, so one sent between two statements is not enough).
 
     On exit: the watch is stopped, waiting up to ``cancel_timeout`` seconds for a cancel
     already in flight, so no cancel can reach a statement run after the block. If the
@@ -74,7 +82,7 @@ class bind:
     ``cancel_timeout``.
     """
 
-    __slots__ = ("_c", "_cancel_timeout", "_conn", "_tx", "_watch")
+    __slots__ = ("_c", "_cancel_timeout", "_conn", "_exited", "_tx", "_watch")
 
     def __init__(
         self,
@@ -114,7 +122,8 @@ class bind:
         def cancel() -> None:
             conn.cancel_safe(timeout=timeout)
 
-        self._watch = Watch(c, cancel)
+        self._exited = False
+        self._watch = Watch(c, lambda: self._keep_cancelling(cancel))
         return cast("psycopg.Connection[Any]", conn)
 
     def __exit__(
@@ -124,6 +133,7 @@ class bind:
         tb: TracebackType | None,
     ) -> None:
         assert self._watch is not None
+        self._exited = True
         self._watch.stop(self._cancel_timeout)
         if exc is None or not self._ours(exc):
             return None
@@ -154,7 +164,8 @@ class bind:
                 return
             fut.result(timeout + 1.0)
 
-        self._watch = Watch(c, cancel)
+        self._exited = False
+        self._watch = Watch(c, lambda: self._keep_cancelling(cancel))
         return cast("psycopg.AsyncConnection[Any]", aconn)
 
     async def __aexit__(
@@ -164,6 +175,7 @@ class bind:
         tb: TracebackType | None,
     ) -> None:
         assert self._watch is not None
+        self._exited = True
         await self._watch.astop(self._cancel_timeout)
         if exc is None or not self._ours(exc):
             return None
@@ -173,6 +185,35 @@ class bind:
         raise chain(error(self._c), exc)
 
     # -- shared ----------------------------------------------------------------------
+
+    def _keep_cancelling(self, send: Callable[[], None]) -> None:
+        """On the after_func worker, from the moment ``ctx`` ended until the block exits:
+        cancel whatever statement runs.
+
+        PostgreSQL ignores a cancel that finds the backend idle, so one cancel sent
+        between two statements of the block would let the second run to its end. While
+        the block has not exited, a statement in progress (libpq's ``ACTIVE`` status)
+        is cancelled, and cancelled again every ``_RECANCEL`` seconds while it runs.
+        """
+        pgconn = self._conn.pgconn
+        active = _psycopg().pq.TransactionStatus.ACTIVE
+        last = -_RECANCEL
+        while not self._exited:
+            if pgconn.transaction_status == active:
+                now = time.monotonic()
+                if now - last >= _RECANCEL:
+                    last = now
+                    try:
+                        send()
+                    except Exception as e:  # the server is gone, the cancel timed out...
+                        import logging
+
+                        logging.getLogger("tether").warning(
+                            "tether: could not cancel a PostgreSQL statement: %r", e
+                        )
+                        return
+                    continue
+            time.sleep(_POLL)
 
     def _ours(self, exc: BaseException) -> bool:
         pg = _psycopg()
