@@ -6,6 +6,7 @@ import importlib
 import inspect
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -48,3 +49,35 @@ def test_a_missing_driver_names_the_extra(name, monkeypatch):
     assert str(ei.value) == (
         f"tether: tether.integrations.{name} needs the '{name}' extra: pip install 'tether[{name}]'"
     )
+
+
+TYPED = Path(__file__).resolve().parent / "typed_io_example.py"
+
+
+def test_typed_example_passes_mypy_strict(tmp_path_factory, run_mypy):
+    proc = run_mypy(TYPED)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # ...and mypy sees the types: a str is not a connection, a None is not a context.
+    wrong = tmp_path_factory.mktemp("typed") / "wrong_io.py"
+    wrong.write_text(
+        "import sqlite3\n"
+        "import tether\n"
+        "from tether.integrations import sqlite3 as tsqlite\n"
+        "tsqlite.bind(tether.background(), 'db.sqlite')\n"
+        "tsqlite.bind(None, sqlite3.connect(':memory:'))\n"
+    )
+    proc = run_mypy(wrong)
+    assert proc.returncode == 1
+    assert "wrong_io.py:4: error" in proc.stdout
+    assert "wrong_io.py:5: error" in proc.stdout
+
+
+def test_typed_example_runs():
+    proc = subprocess.run(
+        [sys.executable, "-X", "dev", "-W", "error", str(TYPED)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().startswith("ok ")
