@@ -245,3 +245,19 @@ def test_a_closed_connection_raises_sqlites_error_and_registers_nothing():
         with pytest.raises(sqlite3.ProgrammingError), tsqlite.bind(ctx, conn):
             pass
     assert not tsqlite._installed
+
+
+def test_a_connection_closed_in_the_block():
+    conn = sqlite3.connect(":memory:")
+    with tether.with_timeout(tether.background(), 60) as ctx:
+
+        def body() -> None:
+            with tsqlite.bind(ctx, conn):
+                conn.close()
+                raise ValueError("mine")  # not masked by the restore on a closed connection
+
+        with pytest.raises(ValueError, match="mine"):
+            body()
+        with pytest.raises(sqlite3.ProgrammingError), tsqlite.bind(ctx, conn):
+            pass
+    assert not tsqlite._installed

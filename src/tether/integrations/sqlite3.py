@@ -148,13 +148,18 @@ class bind:
             _installed[self._key] = outer  # type: ignore[assignment]
         else:
             _installed.pop(self._key, None)
-        if outer is None:
-            conn.set_progress_handler(None, 0)
-        else:
-            conn.set_progress_handler(outer[0], outer[1])
+        sqlite3 = _sqlite3()
+        try:
+            if outer is None:
+                conn.set_progress_handler(None, 0)
+            else:
+                conn.set_progress_handler(outer[0], outer[1])
+        except sqlite3.ProgrammingError:  # closed in the block: nothing left to restore
+            if exc is None:
+                raise
+            return None
         if exc is None:
             return None
-        sqlite3 = _sqlite3()
         if (
             isinstance(exc, sqlite3.OperationalError)
             and _interrupted(exc)
