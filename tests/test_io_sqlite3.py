@@ -233,9 +233,17 @@ def test_misuse():
         conn.close()
 
 
-def test_background_context_binds_and_never_interrupts(conn):
-    with tsqlite.bind(tether.background(), conn):
-        assert conn.execute("SELECT 3").fetchone() == (3,)
+@pytest.mark.parametrize(
+    "make",
+    [tether.background, tether.todo, lambda: tether.without_cancel(tether.background())],
+)
+def test_a_context_that_cannot_end_installs_nothing(conn, make):
+    calls = []
+    conn.set_progress_handler(lambda: calls.append(1) or 0, 10)
+    with tsqlite.bind(make(), conn):
+        assert not tsqlite._installed
+        assert conn.execute(FOREVER.replace("10000000000", "1000")).fetchone() == (1000,)
+    assert calls  # the caller's handler was neither replaced nor removed
 
 
 def test_a_closed_connection_raises_sqlites_error_and_registers_nothing():

@@ -30,7 +30,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from .. import _clock
-from .._context import Context, _owner
+from .._context import _BACKGROUND, Context, _owner
 from ._bind import Watch, chain, ended, entry_check, error, missing
 
 if TYPE_CHECKING:
@@ -61,7 +61,8 @@ class bind:
     passed), before touching ``conn``; otherwise registers ``conn.interrupt()`` with
     ``tether.after_func`` and installs a progress handler that, every ``every`` SQLite VM
     instructions, interrupts the statement once ``ctx`` ended or its deadline passed,
-    then calls the handler it replaced. Yields ``conn`` itself.
+    then calls the handler it replaced. Yields ``conn`` itself. A context that can never
+    end (``background()``, ``todo()``, ``without_cancel(...)``) installs nothing.
 
     On exit: the watch is stopped (waiting for an interrupt already in flight, so none
     reaches a later statement) and the previous progress handler is restored: the one an
@@ -115,6 +116,9 @@ class bind:
     def __enter__(self) -> sqlite3.Connection:
         c = self._c = entry_check(self._c)
         conn = self._conn
+        if c is _BACKGROUND:  # background(), todo(), without_cancel(): can never end
+            self._watch = None
+            return conn
         key = self._key = id(conn)
         enclosing = _installed.get(key)
         self._nested = enclosing is not None
@@ -142,6 +146,8 @@ class bind:
         tb: TracebackType | None,
     ) -> None:
         conn = self._conn
+        if self._watch is None:
+            return None
         self._watch.stop(5.0)
         outer = self._outer
         if self._nested:
