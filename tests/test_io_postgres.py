@@ -501,3 +501,19 @@ def test_psycopg_the_callers_transaction_block_inside_bind():
         timer.join()
         assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
         assert conn.execute("SELECT 6").fetchone() == (6,)
+
+
+def test_asyncpg_the_task_is_not_interrupted_after_the_block():
+    async def main() -> None:
+        conn = await asyncpg.connect(URL)
+        try:
+            ctx, cancel = tether.with_cancel(tether.background())
+            async with tapg.bind(ctx, conn):
+                assert await conn.fetchval("SELECT 1") == 1
+            cancel()  # no longer watched: the task and the connection carry on
+            await asyncio.sleep(0.05)
+            assert await conn.fetchval("SELECT pg_sleep(0.05)::text || 'ok'") == "ok"
+        finally:
+            await conn.close()
+
+    asyncio.run(main())

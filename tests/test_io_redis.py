@@ -391,3 +391,19 @@ def test_async_ended_context_raises_on_entry_and_other_cancels_pass():
             await c.aclose()
 
     asyncio.run(main())
+
+
+def test_async_the_task_is_not_interrupted_after_the_block(name):
+    async def main() -> None:
+        c = aredis.Redis(host=HOST, port=PORT)
+        try:
+            ctx, cancel = tether.with_cancel(tether.background())
+            async with tredis.bind(ctx, c) as r:
+                assert await r.ping()
+            cancel()
+            await asyncio.sleep(0.05)
+            assert await c.blpop([f"{name}:list"], timeout=0.05) is None
+        finally:
+            await c.aclose()
+
+    asyncio.run(main())
