@@ -178,7 +178,7 @@ def redis_row(n: int, repeats: int) -> list[dict[str, Any]]:
                     r.get(key)
                 return TIMER() - t0
 
-            res = measure({"bare": bare, "bound": bound}, max(50, n // 20), repeats)
+            res = measure({"bare": bare, "bound": bound}, max(50, n // 5), repeats)
             return [row("R1", "Redis GET, bound view vs client (loopback)", res, None)]
     finally:
         client.delete(key)
@@ -212,7 +212,7 @@ def psycopg_row(n: int, repeats: int) -> list[dict[str, Any]]:
                     conn.execute("SELECT 1").fetchone()
             return TIMER() - t0
 
-        res = measure({"bare": bare, "bound": bound}, max(50, n // 20), repeats)
+        res = measure({"bare": bare, "bound": bound}, max(50, n // 5), repeats)
         return [row("P1", "psycopg SELECT 1 in bind vs bare (loopback)", res, None)]
 
 
