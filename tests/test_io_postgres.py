@@ -435,6 +435,8 @@ def test_asyncpg_misuse():
                     pass
             with pytest.raises(TypeError, match=r"^tether: parent context is None"):
                 tapg.bind(None, conn)  # type: ignore[arg-type]
+            with pytest.raises(TypeError, match=r"^tether: bind\(ctx, conn\) needs an asyncpg"):
+                tapg.bind(tether.background(), URL)
         finally:
             await conn.close()
 
@@ -515,5 +517,21 @@ def test_asyncpg_the_task_is_not_interrupted_after_the_block():
             assert await conn.fetchval("SELECT pg_sleep(0.05)::text || 'ok'") == "ok"
         finally:
             await conn.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.realtime
+def test_asyncpg_a_pool_connection(monitor):
+    async def main() -> None:
+        async with asyncpg.create_pool(URL, min_size=1, max_size=1) as pool:
+            async with pool.acquire() as conn:
+                pid = conn.get_server_pid()
+                with tether.with_timeout(tether.background(), BUDGET) as ctx:
+                    with pytest.raises(tether.DeadlineExceeded):
+                        async with tapg.bind(ctx, conn):
+                            await conn.execute(SLEEP)
+                assert stopped(monitor, pid) < 1.0
+                assert await conn.fetchval("SELECT 8") == 8
 
     asyncio.run(main())

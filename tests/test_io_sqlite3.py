@@ -229,6 +229,8 @@ def test_misuse():
             tsqlite.bind(None, conn)  # type: ignore[arg-type]
         with pytest.raises(ValueError, match=r"^tether: every must be"):
             tsqlite.bind(tether.background(), conn, every=0)
+        with pytest.raises(TypeError, match=r"^tether: bind\(ctx, conn\) needs a sqlite3"):
+            tsqlite.bind(tether.background(), "app.db")  # type: ignore[arg-type]
     finally:
         conn.close()
 

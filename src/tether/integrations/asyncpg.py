@@ -58,15 +58,22 @@ class bind:
     interruption, for the cancel request and a rollback. Each
     call makes a new binding; blocks may nest. ``ctx`` may be cancelled from any thread
     or event loop. Raises ``ImportError`` without asyncpg, ``TypeError`` for a
-    ``None``/non-Context ``ctx`` or for ``with`` instead of ``async with``,
+    ``None``/non-Context ``ctx``, for a ``conn`` that is not an asyncpg connection (or a
+    pool's), or for ``with`` instead of ``async with``,
     ``RuntimeError`` outside an asyncio task.
     """
 
     __slots__ = ("_c", "_conn", "_int", "_tx")
 
     def __init__(self, ctx: Context, conn: Any) -> None:
-        _asyncpg()
+        apg = _asyncpg()
         _owner(ctx)
+        if not isinstance(conn, (apg.Connection, apg.pool.PoolConnectionProxy)):
+            raise TypeError(
+                f"tether: bind(ctx, conn) needs an asyncpg connection, got "
+                f"{type(conn).__name__}; pass `await asyncpg.connect(...)` or a connection "
+                "acquired from a pool"
+            )
         self._c = ctx
         self._conn = conn
         self._int: Interrupter | None = None

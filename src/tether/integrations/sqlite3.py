@@ -54,6 +54,14 @@ def _sqlite3() -> Any:
     return sqlite3
 
 
+def _check_connection(conn: object) -> None:
+    if not isinstance(conn, _sqlite3().Connection):
+        raise TypeError(
+            f"tether: bind(ctx, conn) needs a sqlite3.Connection, got "
+            f"{type(conn).__name__}; pass the connection, e.g. sqlite3.connect(path)"
+        )
+
+
 class bind:
     """``with bind(ctx, conn):`` — statements on ``conn`` inside stop when ``ctx`` ends.
 
@@ -77,7 +85,8 @@ class bind:
     started finishes (microseconds). Each call makes a new binding; it is not reentrant
     itself, but blocks nest on one connection. Use the block and ``conn`` on one thread
     (as sqlite3 requires); ``ctx`` may be cancelled from any thread. Raises
-    ``TypeError`` for a ``None``/non-Context ``ctx``, ``ValueError`` for ``every < 1``,
+    ``TypeError`` for a ``None``/non-Context ``ctx`` or a ``conn`` that is not a
+    ``sqlite3.Connection``, ``ValueError`` for ``every < 1``,
     ``ImportError`` on a Python built without ``sqlite3``.
     """
 
@@ -106,7 +115,7 @@ class bind:
             raise ValueError(
                 f"tether: every must be a positive number of VM instructions, got {every!r}"
             )
-        _sqlite3()
+        _check_connection(conn)
         _owner(ctx)
         self._c = ctx
         self._conn = conn
