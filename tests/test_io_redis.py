@@ -407,3 +407,119 @@ def test_async_the_task_is_not_interrupted_after_the_block(name):
             await c.aclose()
 
     asyncio.run(main())
+
+
+class StalledRedis:
+    """A RESP server on a free loopback port that answers PING, +OK to the handshake,
+    and never answers GET: a server that stopped responding."""
+
+    def __init__(self) -> None:
+        import socket
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.port = self.sock.getsockname()[1]
+        self.gets = 0
+        self._conns: list[Any] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="test-stalled-redis")
+        self._thread.start()
+
+    def _serve(self) -> None:
+        import selectors
+
+        sel = selectors.DefaultSelector()
+        sel.register(self.sock, selectors.EVENT_READ)
+        buf: dict[Any, bytes] = {}
+        while not self._stop.is_set():
+            for key, _ in sel.select(0.02):
+                s = key.fileobj
+                if s is self.sock:
+                    c, _ = self.sock.accept()
+                    self._conns.append(c)
+                    buf[c] = b""
+                    sel.register(c, selectors.EVENT_READ)
+                    continue
+                data = s.recv(65536)  # type: ignore[union-attr]
+                if not data:
+                    sel.unregister(s)
+                    continue
+                buf[s] += data
+                while True:  # one RESP array per command: *N\r\n($len\r\narg\r\n)*N
+                    b = buf[s]
+                    if not b.startswith(b"*") or b"\r\n" not in b:
+                        break
+                    head, rest = b.split(b"\r\n", 1)
+                    args = []
+                    for _ in range(int(head[1:])):
+                        if b"\r\n" not in rest:
+                            break
+                        ln, rest = rest.split(b"\r\n", 1)
+                        n = int(ln[1:])
+                        if len(rest) < n + 2:
+                            break
+                        args.append(rest[:n])
+                        rest = rest[n + 2 :]
+                    else:
+                        buf[s] = rest
+                        if args[0].upper() == b"GET":
+                            self.gets += 1  # and never answer
+                        elif args[0].upper() == b"PING":
+                            s.sendall(b"+PONG\r\n")  # type: ignore[union-attr]
+                        else:
+                            s.sendall(b"+OK\r\n")  # type: ignore[union-attr]
+                        continue
+                    break
+        sel.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        for c in self._conns:
+            c.close()
+        self.sock.close()
+
+
+@pytest.fixture
+def stalled() -> Iterator[StalledRedis]:
+    s = StalledRedis()
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+@pytest.mark.realtime
+def test_a_stalled_server_costs_at_most_the_budget(stalled):
+    c = redis.Redis(host="127.0.0.1", port=stalled.port, protocol=2)  # no socket timeout
+    try:
+        assert c.ping()  # connected: the handshake is answered
+        with tether.with_timeout(tether.background(), BUDGET) as ctx:
+            t0 = time.monotonic()
+            with pytest.raises(tether.DeadlineExceeded) as ei, tredis.bind(ctx, c) as r:
+                r.get("k")
+            took = time.monotonic() - t0
+        assert stalled.gets == 1
+        assert isinstance(ei.value.__cause__, redis.RedisError)
+        assert took < 1.0, took
+        assert c.ping()  # the stalled connection was discarded, a new one made
+    finally:
+        c.close()
+
+
+@pytest.mark.realtime
+def test_a_cancel_cuts_a_command_to_a_stalled_server(stalled):
+    c = redis.Redis(host="127.0.0.1", port=stalled.port, protocol=2)
+    try:
+        assert c.ping()
+        ctx, cancel = tether.with_cancel(tether.background())
+        timer = threading.Timer(0.05, cancel)
+        timer.start()
+        with pytest.raises(tether.Canceled) as ei, tredis.bind(ctx, c) as r:
+            r.get("k")
+        timer.join()
+        assert isinstance(ei.value.__cause__, redis.ConnectionError)
+        assert c.ping()
+    finally:
+        c.close()
