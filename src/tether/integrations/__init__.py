@@ -6,4 +6,8 @@ install (``pip install 'tether[name]'``).
 
 - ``tether.integrations.tenacity``: tenacity stop/retry/sleep hooks that end retrying
   with a context (extra ``tenacity``).
+- ``tether.integrations.sqlite3``, ``.psycopg``, ``.asyncpg``, ``.redis``: ``bind(ctx,
+  conn)`` stops a query or a blocking command (on the server where there is one) when
+  the context ends, and raises the context's error (extras of the same names; see
+  docs/io.md).
 """
