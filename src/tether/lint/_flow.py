@@ -59,6 +59,46 @@ def _join(a: State | None, b: State | None) -> State | None:
     return a | b
 
 
+_CANNOT_RAISE = (ast.Try, ast.TryStar, ast.Pass, ast.Break, ast.Continue, ast.Global)
+
+
+def _mentions(node: ast.AST) -> list[str]:
+    """Names loaded or deleted in ``node``, except as ``x.ctx`` or ``x[0]``.
+
+    Reading only the context out of a pair (``scope.ctx``, ``scope[0]``) is not a use of
+    its cancel; any other mention is, as in lostcancel.
+    """
+    out: list[str] = []
+    todo = [node]
+    while todo:
+        n = todo.pop()
+        if isinstance(n, ast.Name):
+            if not isinstance(n.ctx, ast.Store):
+                out.append(n.id)
+            continue
+        if isinstance(n, ast.Attribute | ast.Subscript) and isinstance(n.value, ast.Name):
+            if isinstance(n, ast.Attribute) and n.attr == "ctx":
+                continue
+            sl = n.slice if isinstance(n, ast.Subscript) else None
+            if isinstance(sl, ast.Constant) and sl.value == 0:
+                continue
+        todo.extend(ast.iter_child_nodes(n))
+    return out
+
+
+def _header(s: ast.stmt) -> ast.AST | None:
+    """The part of a statement that runs before its body (all of a simple statement)."""
+    if isinstance(s, ast.If | ast.While):
+        return s.test
+    if isinstance(s, ast.For | ast.AsyncFor):
+        return s.iter
+    if isinstance(s, ast.With | ast.AsyncWith):
+        return s.items[0].context_expr  # the first item is enough for "may raise here"
+    if isinstance(s, ast.Match):
+        return s.subject
+    return s
+
+
 def _truth(test: ast.expr) -> bool | None:
     if isinstance(test, ast.Constant):
         return bool(test.value)
@@ -85,11 +125,7 @@ class _Walker:
         key = id(node)
         got = self._loads.get(key)
         if got is None:
-            got = frozenset(
-                n.id
-                for n in ast.walk(node)
-                if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Store)
-            )
+            got = frozenset(_mentions(node))
             self._loads[key] = got
         return got
 
@@ -157,9 +193,11 @@ class _Walker:
         return state
 
     def stmt(self, s: ast.stmt, state: State) -> State | None:
-        if state and self.handler_frames:
-            self.jump("implicit", state, None)
         t = type(s)
+        if state and self.handler_frames and t not in _CANNOT_RAISE:
+            # an exception here would carry the pending derives into the handlers
+            # (a statement that uses a derive has used it, even if it then raises)
+            self.jump("implicit", self.kill(state, self.loads(_header(s))), None)
         d = self.by_stmt.get(id(s))
         if d is not None:
             value = s.value if isinstance(s, ast.Assign | ast.AnnAssign) else None
