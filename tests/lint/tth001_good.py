@@ -43,3 +43,17 @@ class Client:
 
 def callback(*args: Any, **kwargs: Any) -> None:
     pass
+
+
+def method_of(cls: type) -> Any:
+    def attach(fn: Any) -> Any:
+        setattr(cls, fn.__name__, fn)
+        return fn
+
+    return attach
+
+
+@method_of(Client)
+def fetch_all(client: Client, ctx: tether.Context, urls: list[str]) -> None:
+    # attached to Client by a decorator naming it: `client` is the receiver (pygolang's @func)
+    pass

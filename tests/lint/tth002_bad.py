@@ -150,3 +150,10 @@ def match_misses_a_case(ctx: tether.Context, cmd: str) -> None:
             cancel()
         case _:
             return
+
+
+def cancel_in_a_loop_that_may_not_run(ctx: tether.Context, n: int) -> None:
+    child, cancel = tether.with_cancel(ctx)  # expect: TTH002
+    work(child)
+    for _ in range(n):  # n may be 0
+        cancel()

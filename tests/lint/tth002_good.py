@@ -175,3 +175,10 @@ def derived_at_module_level_is_not_checked() -> None:
 
 
 ROOT, STOP = tether.with_cancel(tether.background())
+
+
+def cancel_in_a_loop_that_runs(ctx: tether.Context) -> None:
+    child, cancel = tether.with_cancel(ctx)
+    work(child)
+    for _ in range(2):  # runs at least once: cancel is called
+        cancel()

@@ -27,3 +27,9 @@ def background() -> tether.Context:  # not tether's
 
 def uses_a_same_named_function(ctx: tether.Context) -> None:
     work(background())
+
+
+def optional_parent(ctx: tether.Context | None = None) -> None:
+    if ctx is None:
+        ctx = tether.background()  # no caller context on this path: nothing is lost
+    work(ctx)

@@ -47,12 +47,15 @@ def check_source(
     select: Iterable[str] | None = None,
     ignore: Iterable[str] | None = None,
     module: str | None = None,
+    context_modules: Iterable[str] = (),
 ) -> list[Finding]:
     """Check one module's source text; return its findings, sorted by line and column.
 
     ``select``/``ignore`` are code prefixes (``"TTH002"``, ``"TTH00"``); ``module`` is the
     dotted module name used to resolve relative imports (by default it is worked out
-    from ``path`` and the ``__init__.py`` files above it). A ``# noqa: TTH00N`` comment
+    from ``path`` and the ``__init__.py`` files above it); ``context_modules`` names
+    more modules whose functions count as tether's (a project module that re-exports
+    tether's API, or an API-compatible library). A ``# noqa: TTH00N`` comment
     on a finding's line silences that code there; a bare ``# noqa`` silences all. A
     source that does not parse gives one ``TTH000`` finding instead of raising.
 
@@ -74,7 +77,7 @@ def check_source(
         msg = getattr(e, "msg", None) or str(e)
         return [Finding(path, line, col, "TTH000", f"cannot parse this file: {msg}")]
     mod = module if module is not None else (module_name(path) if path != "<string>" else "")
-    raw = check_tree(tree, path, mod)
+    raw = check_tree(tree, path, mod, tuple(context_modules))
     if not raw:
         return []
     lines = source.splitlines()
@@ -125,17 +128,20 @@ def check_paths(
     *,
     select: Iterable[str] | None = None,
     ignore: Iterable[str] | None = None,
+    context_modules: Iterable[str] = (),
 ) -> list[Finding]:
     """Check every Python file under ``paths``; findings sorted by path, line, column.
 
     Blocks while it reads and checks the files. Idempotent for unchanged files;
     thread-safe; takes no context, so none can have already ended. A file that does not
-    parse (or is not UTF-8) is a ``TTH000`` finding, not an error. Raises
+    parse (or is not UTF-8) is a ``TTH000`` finding, not an error. ``select``,
+    ``ignore`` and ``context_modules`` are as for ``check_source``. Raises
     ``FileNotFoundError`` for a path that does not exist, before checking anything.
     """
     files = list(iter_python_files(list(paths)))
     sel = list(select) if select is not None else None
     ign = list(ignore) if ignore is not None else None
+    mods = tuple(context_modules)
     out: list[Finding] = []
     for f in files:
         try:
@@ -145,5 +151,5 @@ def check_paths(
         except (OSError, UnicodeDecodeError) as e:
             out.append(Finding(f, 1, 1, "TTH000", f"cannot read this file: {e}"))
             continue
-        out.extend(check_source(source, f, select=sel, ignore=ign))
+        out.extend(check_source(source, f, select=sel, ignore=ign, context_modules=mods))
     return sorted(out)

@@ -38,6 +38,14 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--select", metavar="CODES", help="only these codes (comma-separated prefixes)")
     p.add_argument("--ignore", metavar="CODES", help="skip these codes (comma-separated prefixes)")
     p.add_argument("--format", choices=("text", "json"), default="text", help="output format")
+    p.add_argument(
+        "--context-module",
+        metavar="MODULE",
+        action="append",
+        default=[],
+        help="also treat this module's functions as tether's (a module re-exporting tether's "
+        "API, or an API-compatible library); repeatable",
+    )
     return p
 
 
@@ -59,7 +67,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m tether.lint")
     except SystemExit as e:
         return 0 if e.code == 0 else 2
     try:
-        findings = check_paths(args.paths, select=select, ignore=ignore)
+        findings = check_paths(
+            args.paths, select=select, ignore=ignore, context_modules=args.context_module
+        )
     except FileNotFoundError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2

@@ -101,8 +101,15 @@ _LEAVES = (ast.Constant, ast.expr_context, ast.operator, ast.unaryop, ast.cmpop,
 class Checker:
     """Walks one module once and collects its findings."""
 
-    def __init__(self, tree: ast.Module, path: str, modname: str | None = None) -> None:
+    def __init__(
+        self,
+        tree: ast.Module,
+        path: str,
+        modname: str | None = None,
+        modules: tuple[str, ...] = (),
+    ) -> None:
         self.tree = tree
+        self.prefixes = tuple(f"{m}." for m in ("tether", *modules))
         self.path = path
         self.modname = modname if modname is not None else module_name(path)
         self.aliases: dict[str, str] = {}
@@ -130,7 +137,10 @@ class Checker:
             ast.Global: self.v_global,
             ast.With: self.v_with,
             ast.AsyncWith: self.v_with,
+            ast.If: self.v_if,
         }
+        self.classes = {st.name for st in tree.body if isinstance(st, ast.ClassDef)}
+        self.no_parent = 0  # inside `if ctx is None:`, a new root loses nothing
 
     # -- entry ----------------------------------------------------------------------------
 
@@ -183,7 +193,7 @@ class Checker:
     def tether_name(self, node: ast.AST) -> str | None:
         """``with_timeout`` for anything resolving to ``tether[.sub].with_timeout``."""
         q = self.resolve(node)
-        if q is None or not q.startswith("tether."):
+        if q is None or not q.startswith(self.prefixes):
             return None
         return q.rpartition(".")[2]
 
@@ -252,6 +262,15 @@ class Checker:
         static = any(
             isinstance(d, ast.Name) and d.id == "staticmethod" for d in node.decorator_list
         )
+        # `@func(Server) def stop(srv, ctx)`: a decorator that attaches the function to a
+        # class of this module makes its first parameter the receiver (pygolang's style)
+        in_class = in_class or any(
+            isinstance(d, ast.Call)
+            and len(d.args) == 1
+            and isinstance(d.args[0], ast.Name)
+            and d.args[0].id in self.classes
+            for d in node.decorator_list
+        )
         if positional and (
             (in_class and not static) or (not in_class and positional[0].arg in _SKIP_FIRST)
         ):
@@ -306,6 +325,30 @@ class Checker:
                 self.visit(st)
         finally:
             self.func, self.cls = outer_func, outer_cls
+
+    def v_if(self, node: ast.If) -> None:
+        t = node.test
+        func = self.func
+        if (
+            func is not None
+            and isinstance(t, ast.Compare)
+            and isinstance(t.left, ast.Name)
+            and t.left.id in func.contexts
+            and len(t.ops) == 1
+            and isinstance(t.ops[0], ast.Is)
+            and isinstance(t.comparators[0], ast.Constant)
+            and t.comparators[0].value is None
+        ):
+            # `if ctx is None: ctx = background()`: no caller context on this path
+            self.visit(t)
+            self.no_parent += 1
+            try:
+                self.body(node.body)
+            finally:
+                self.no_parent -= 1
+            self.body(node.orelse)
+            return
+        self.generic(node)
 
     def v_global(self, node: ast.Global) -> None:
         if self.func is not None:
@@ -443,8 +486,8 @@ class Checker:
         func = self.func
         q = self.resolve(node.func)
         if q is not None:
-            name = q.rpartition(".")[2] if q.startswith("tether.") else None
-            if name in ROOTS and func is not None and func.takes_context:
+            name = q.rpartition(".")[2] if q.startswith(self.prefixes) else None
+            if name in ROOTS and func is not None and func.takes_context and not self.no_parent:
                 self.add(
                     node,
                     "TTH004",
@@ -624,7 +667,11 @@ def noqa_codes(line: str) -> frozenset[str] | None:
 
 
 def check_tree(
-    tree: ast.Module, path: str, modname: str | None = None
+    tree: ast.Module, path: str, modname: str | None = None, modules: tuple[str, ...] = ()
 ) -> list[tuple[int, int, str, str]]:
-    """Raw findings ``(line, col, code, message)`` of one parsed module, unfiltered."""
-    return Checker(tree, path, modname).run()
+    """Raw findings ``(line, col, code, message)`` of one parsed module, unfiltered.
+
+    ``modules`` are more modules whose names count as tether's (a project's re-export
+    module, or an API-compatible Go-style context library such as ``golang.context``).
+    """
+    return Checker(tree, path, modname, modules).run()

@@ -99,6 +99,26 @@ def _header(s: ast.stmt) -> ast.AST | None:
     return s
 
 
+def _runs_at_least_once(it: ast.expr) -> bool:
+    """``range(<positive constant>)`` or a non-empty literal list, tuple or set."""
+    if isinstance(it, ast.List | ast.Tuple | ast.Set):
+        return bool(it.elts) and not any(isinstance(e, ast.Starred) for e in it.elts)
+    if (
+        isinstance(it, ast.Call)
+        and isinstance(it.func, ast.Name)
+        and it.func.id == "range"
+        and not it.keywords
+        and 1 <= len(it.args) <= 3
+        and all(isinstance(a, ast.Constant) and type(a.value) is int for a in it.args)
+    ):
+        args = [a.value for a in it.args]  # type: ignore[attr-defined]
+        try:
+            return len(range(*args)) > 0
+        except ValueError:
+            return False
+    return False
+
+
 def _truth(test: ast.expr) -> bool | None:
     if isinstance(test, ast.Constant):
         return bool(test.value)
@@ -272,12 +292,12 @@ class _Walker:
         self.frames.append(frame)
         entry = state
         forever = test is not None and _truth(test) is True
+        back: State | None = None
         try:
             for _ in range(len(self.derives) + 2):
                 frame.breaks.clear()
                 frame.continues.clear()
-                out = self.block(s.body, entry)
-                back = out
+                back = self.block(s.body, entry)
                 for c in frame.continues:
                     back = _join(back, c)
                 new = entry if back is None else entry | self.kill(back, self.loads(test))
@@ -286,7 +306,13 @@ class _Walker:
                 entry = new
         finally:
             self.frames.pop()
-        exit_: State | None = None if forever else self.block(s.orelse, entry)
+        if forever:
+            exit_: State | None = None
+        elif isinstance(s, ast.For | ast.AsyncFor) and _runs_at_least_once(s.iter):
+            # `for _ in range(2):` runs its body: leaving skips no iteration's uses
+            exit_ = self.block(s.orelse, back) if back is not None else None
+        else:
+            exit_ = self.block(s.orelse, entry)
         for b in frame.breaks:
             exit_ = _join(exit_, b)
         return exit_
