@@ -54,8 +54,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m tether.lint")
 
     Prints findings (``path:line:col: CODE message``, or a JSON list with
     ``--format json``) to stdout. Blocks while it checks; idempotent for unchanged
-    files; not meant to be called from several threads at once (it writes to
-    ``sys.stdout``); takes no context, so none can have already ended. Returns 0 when
+    files; not thread-safe (it writes to ``sys.stdout``: call it from one thread at a
+    time); takes no context, so none can have already ended. Returns 0 when
     clean, 1 on findings, 2 on a usage error (raises nothing for those: argparse's
     ``SystemExit`` is turned into the status).
     """
@@ -88,8 +88,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m tether.lint")
 def cli(argv: Sequence[str] | None = None) -> int:
     """The ``tether`` console script: ``tether lint PATH...``; returns the exit status.
 
-    Same blocking, idempotency, threading and context notes as ``main``. Returns 2
-    (raising nothing) for a missing or unknown subcommand.
+    As ``main``: blocks while it checks, idempotent for unchanged files, not
+    thread-safe (it writes to ``sys.stdout``), takes no context so none can have
+    already ended. Returns 2 (it does not raise) for a missing or unknown subcommand.
     """
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] != "lint":
