@@ -132,7 +132,7 @@ class _Walker:
         self.by_stmt = {id(d.stmt): i for i, d in enumerate(derives)}
         self.names = [d.name for i, d in enumerate(derives)]
         self.frames: list[_Frame] = []
-        self.handler_frames = 0
+        self.catchers = 0  # handler and finally frames open: where an exception can go
         self.found: dict[int, tuple[int, str]] = {}
         self._loads: dict[int, frozenset[str]] = {}
 
@@ -214,7 +214,12 @@ class _Walker:
 
     def stmt(self, s: ast.stmt, state: State) -> State | None:
         t = type(s)
-        if state and self.handler_frames and t not in _CANNOT_RAISE:
+        if (
+            state
+            and self.catchers
+            and t not in _CANNOT_RAISE
+            and not (t is ast.Return and s.value is None)  # type: ignore[attr-defined]
+        ):
             # an exception here would carry the pending derives into the handlers
             # (a statement that uses a derive has used it, even if it then raises)
             self.jump("implicit", self.kill(state, self.loads(_header(s))), None)
@@ -300,6 +305,9 @@ class _Walker:
                 back = self.block(s.body, entry)
                 for c in frame.continues:
                     back = _join(back, c)
+                if back and self.catchers:
+                    # the next test (or the iterator's next step) may raise, too
+                    self.jump("implicit", self.kill(back, self.loads(test)), None)
                 new = entry if back is None else entry | self.kill(back, self.loads(test))
                 if new == entry:
                     break
@@ -322,18 +330,19 @@ class _Walker:
         if s.finalbody:
             fin = _Frame("finally")
             self.frames.append(fin)
+            self.catchers += 1
         level = len(self.frames)
         try:
             out: State | None
             if s.handlers:
                 hf = _Frame("handlers")
                 self.frames.append(hf)
-                self.handler_frames += 1
+                self.catchers += 1
                 try:
                     body = self.block(s.body, state)
                 finally:
                     self.frames.pop()
-                    self.handler_frames -= 1
+                    self.catchers -= 1
                 entry: State = _EMPTY
                 for r in hf.raised:
                     entry = entry | r
@@ -346,6 +355,7 @@ class _Walker:
         finally:
             if fin is not None:
                 self.frames.pop()
+                self.catchers -= 1
         if fin is None:
             return out
         # The finally block runs on every way out of the try: the fall-through, and each
