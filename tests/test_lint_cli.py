@@ -263,3 +263,21 @@ def test_the_plugin_module_does_not_import_flake8():
     code = "import sys, tether.lint.flake8; print('flake8' in sys.modules)"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.stdout.strip() == "False", proc.stderr
+
+
+def test_context_module_makes_another_module_tethers(tmp_path: Path):
+    src = """\
+from golang import context
+
+
+def f(url, ctx):
+    c, cancel = context.with_timeout(ctx, 1)
+    return c
+"""
+    (tmp_path / "g.py").write_text(src)
+    assert run("g.py", cwd=tmp_path).returncode == 0  # golang.context is not tether
+    proc = run("--context-module", "golang.context", "g.py", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert [ln.split(" ")[1] for ln in proc.stdout.splitlines()] == ["TTH001", "TTH002"]
+    found = check_source(src, context_modules=["golang.context"])
+    assert [(f.line, f.code) for f in found] == [(4, "TTH001"), (5, "TTH002")]
