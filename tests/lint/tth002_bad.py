@@ -157,3 +157,12 @@ def cancel_in_a_loop_that_may_not_run(ctx: tether.Context, n: int) -> None:
     work(child)
     for _ in range(n):  # n may be 0
         cancel()
+
+
+def unpacked_later_and_lost(ctx: tether.Context, ok: bool) -> None:
+    scope = tether.with_timeout(ctx, 1)  # expect: TTH002
+    child, cancel = scope
+    if ok:
+        return
+    work(child)
+    cancel()

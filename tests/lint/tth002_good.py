@@ -182,3 +182,12 @@ def cancel_in_a_loop_that_runs(ctx: tether.Context) -> None:
     work(child)
     for _ in range(2):  # runs at least once: cancel is called
         cancel()
+
+
+def unpacked_later(ctx: tether.Context) -> None:
+    scope = tether.with_timeout(ctx, 1)
+    child, cancel = scope
+    try:
+        work(child)
+    finally:
+        cancel()

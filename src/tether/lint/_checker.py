@@ -426,6 +426,19 @@ class Checker:
             t = targets[0]
             if isinstance(t, ast.Name) and self.is_context_expr(value, func):
                 func.contexts.add(t.id)
+            elif (
+                isinstance(t, ast.Tuple | ast.List)
+                and len(t.elts) == 2
+                and isinstance(t.elts[1], ast.Name)
+                and t.elts[1].id not in func.globals
+                and isinstance(value, ast.Name)
+            ):
+                # `ctx, cancel = scope`: the obligation moves from the pair to `cancel`
+                src = next((d for d in reversed(func.derives) if d.name == value.id), None)
+                if src is not None:
+                    if isinstance(t.elts[0], ast.Name):
+                        func.contexts.add(t.elts[0].id)
+                    func.derives.append(Derive(node, src.call, t.elts[1].id, src.api))
         self.stored(node, targets, value)
         for t in targets:
             self.visit(t)
