@@ -281,3 +281,17 @@ def f(url, ctx):
     assert [ln.split(" ")[1] for ln in proc.stdout.splitlines()] == ["TTH001", "TTH002"]
     found = check_source(src, context_modules=["golang.context"])
     assert [(f.line, f.code) for f in found] == [(4, "TTH001"), (5, "TTH002")]
+
+
+def test_flake8_reads_context_modules_from_its_config(tmp_path: Path):
+    pytest.importorskip("flake8")
+    (tmp_path / "g.py").write_text(
+        "from golang import context\n\n\ndef f(ctx):\n    c, cancel = context.with_cancel(ctx)\n"
+    )
+    cmd = [sys.executable, "-m", "flake8", "--select", "TTH", "g.py"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert (proc.returncode, proc.stdout) == (0, ""), proc.stderr
+    (tmp_path / ".flake8").write_text("[flake8]\ntether-context-modules = golang.context\n")
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stdout.startswith("g.py:5:17: TTH002 with_cancel() at line 5"), proc.stdout
