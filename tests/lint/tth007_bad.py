@@ -48,3 +48,11 @@ async def aconsume(ctx: tether.Context) -> None:
             await work(ctx)
         except (ValueError, OSError):  # expect: TTH007
             log("again")
+
+
+def attempts(ctx: tether.Context) -> None:
+    for attempt in range(10):
+        try:
+            work(ctx, attempt)
+        except Exception:  # expect: TTH007
+            log("attempt failed")

@@ -67,3 +67,12 @@ def no_context_in_the_try(items: list[str]) -> None:
             int(item)
         except Exception:
             log("skip", item)
+
+
+def each_item(ctx: tether.Context, items: list[str]) -> None:
+    # not a retry: a failure moves on to the next item, and the loop ends
+    for item in items:
+        try:
+            work(ctx, item)
+        except Exception:
+            log("failed", item)

@@ -599,7 +599,7 @@ class Checker:
         func = self.func
         if func is not None and func.loops and self.uses_context(node.body, func):
             loop = func.loops[-1]
-            if not self.watches_context(loop, func):
+            if _retries(loop) and not self.watches_context(loop, func):
                 for h in node.handlers:
                     kind = self.catches(h.type)
                     if kind is None:
@@ -652,6 +652,25 @@ class Checker:
                 f"{what} is reached without using '{d.name}'; enter the pair with "
                 "`with`, or call its cancel in try/finally",
             )
+
+
+_COUNTERS = frozenset({"range", "count", "repeat", "cycle"})
+
+
+def _retries(loop: ast.stmt) -> bool:
+    """Can the loop run the same work again: ``while``, or ``for`` over attempts.
+
+    ``for item in items:`` moves on to the next item after a failure; it does not
+    retry (after the deadline the rest fail fast, and the loop ends). ``for _ in
+    range(n)``, ``itertools.count()``/``repeat``/``cycle`` and a ``_`` target retry.
+    """
+    if not isinstance(loop, ast.For | ast.AsyncFor):
+        return True
+    if isinstance(loop.target, ast.Name) and loop.target.id == "_":
+        return True
+    f = loop.iter.func if isinstance(loop.iter, ast.Call) else None
+    name = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else None
+    return name in _COUNTERS
 
 
 def _leaves(stmts: list[ast.stmt]) -> bool:
