@@ -6,8 +6,9 @@ starts with a ``# bad`` comment line (docs/lint.md's bad examples) and is skippe
 docs/lint.md's own test checks that those do produce their code.
 
 KNOWN lists what the checker finds in code this branch may not edit (the core is being
-rewritten; lifecycle belongs to its own branch) and why each is deliberate. Each is a
-candidate for a ``# noqa: TTH00N`` with that reason; a finding not listed fails the test.
+rewritten; lifecycle and the integrations belong to their own branches) and why each
+is deliberate. Each is a candidate for a ``# noqa: TTH00N`` with that reason; a finding
+not listed fails the test, with the findings and this advice in the message.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from tether.lint import check_paths, check_source
 
 ROOT = Path(__file__).resolve().parent.parent
 FENCE = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
+
+PER_CALL = "a per-call object that lives and dies with one operation (Go's http.Request exception)"
 
 KNOWN: dict[tuple[str, str], tuple[int, str]] = {
     # (file, code): (at most this many, why it is deliberate)
@@ -46,6 +49,41 @@ KNOWN: dict[tuple[str, str], tuple[int, str]] = {
     ("docs/concurrency.md", "TTH005"): (1, "time.sleep stands in for CPU work between checks"),
 }
 
+# The same for the other branches' code as it stood at their heads when this branch was
+# finished, so that merging them does not need new entries; not checked for staleness.
+KNOWN_ELSEWHERE: dict[tuple[str, str], tuple[int, str]] = {
+    ("src/tether/integrations/grpc/__init__.py", "TTH001"): (1, "_Call(call, ctx, gap): private"),
+    ("src/tether/integrations/grpc/__init__.py", "TTH003"): (1, PER_CALL),
+    ("src/tether/integrations/grpc/aio.py", "TTH001"): (1, "_Watch(call, ctx, gap): private"),
+    ("src/tether/integrations/grpc/aio.py", "TTH003"): (1, PER_CALL),
+    ("src/tether/integrations/httpx.py", "TTH001"): (2, "private stream wrappers (inner, ctx)"),
+    ("src/tether/integrations/httpx.py", "TTH003"): (2, PER_CALL),
+    ("src/tether/integrations/wsgi.py", "TTH001"): (1, "_ours(environ, ctx): private"),
+    ("src/tether/integrations/wsgi.py", "TTH003"): (1, PER_CALL),
+    ("src/tether/integrations/asyncpg.py", "TTH003"): (1, PER_CALL),
+    ("src/tether/integrations/psycopg.py", "TTH003"): (1, PER_CALL),
+    ("src/tether/integrations/redis.py", "TTH003"): (2, PER_CALL),
+    ("src/tether/integrations/sqlite3.py", "TTH003"): (1, PER_CALL),
+    ("src/tether/integrations/otel.py", "TTH003"): (1, "a Region is one span tied to its ctx"),
+    ("src/tether/debug/_registry.py", "TTH001"): (1, "private row formatter, ctx optional"),
+    ("src/tether/lifecycle/_consumer.py", "TTH001"): (2, "private _until helpers"),
+    ("src/tether/lifecycle/_consumer.py", "TTH003"): (1, "the consumer's run root, for stop()"),
+    ("src/tether/lifecycle/_consumer.py", "TTH007"): (
+        1,
+        "the worker loop outlives one message's error and ends on the consumer's state "
+        "(ask its author: does _process let the run context's error through?)",
+    ),
+    ("src/tether/lifecycle/_ledger.py", "TTH001"): (1, "private, optional budget last"),
+    ("src/tether/lifecycle/_pool.py", "TTH001"): (1, "private, optional budget last"),
+    ("src/tether/lifecycle/_pool.py", "TTH004"): (1, "the drain grace outlives the run context"),
+}
+
+
+ADVICE = (
+    "tether lint found misuse in tether's own code. Fix it, or if it is deliberate add "
+    "`# noqa: TTH00N  <why>` on that line (a doc block showing misuse starts `# bad`):\n"
+)
+
 
 def doc_blocks() -> list[tuple[str, int, str]]:
     out = []
@@ -60,7 +98,7 @@ def unexpected(findings: list[tuple[str, str, str]]) -> list[str]:
     counts = Counter((path, code) for path, code, _ in findings)
     bad = []
     for (path, code), n in sorted(counts.items()):
-        allowed = KNOWN.get((path, code), (0, ""))[0]
+        allowed = KNOWN.get((path, code), KNOWN_ELSEWHERE.get((path, code), (0, "")))[0]
         if n > allowed:
             bad.extend(m for p, c, m in findings if (p, c) == (path, code))
     return bad
@@ -69,7 +107,7 @@ def unexpected(findings: list[tuple[str, str, str]]) -> list[str]:
 def test_src_and_examples_are_clean():
     found = check_paths([str(ROOT / "src"), str(ROOT / "examples")])
     rows = [(str(Path(f.path).relative_to(ROOT)), f.code, str(f)) for f in found]
-    assert not unexpected(rows), "\n".join(unexpected(rows))
+    assert not unexpected(rows), ADVICE + "\n".join(unexpected(rows))
 
 
 def test_documentation_examples_are_clean():
@@ -80,7 +118,7 @@ def test_documentation_examples_are_clean():
         for path, i, block in blocks
         for f in check_source(block, f"{path}[block {i}]")
     ]
-    assert not unexpected(rows), "\n".join(unexpected(rows))
+    assert not unexpected(rows), ADVICE + "\n".join(unexpected(rows))
 
 
 def test_known_findings_are_still_found():

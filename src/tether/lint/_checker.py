@@ -622,8 +622,10 @@ class Checker:
             for n in ast.walk(s):
                 if isinstance(n, ast.Name) and n.id in func.contexts:
                     return True
-                if isinstance(n, ast.Call) and self.tether_name(n.func) is not None:
-                    return True
+                if isinstance(n, ast.Call):
+                    name = self.tether_name(n.func)
+                    if name is not None and not name.startswith("_"):  # tether's public API
+                        return True
         return False
 
     def watches_context(self, loop: ast.stmt, func: _Func) -> bool:
