@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
 
 import requests
@@ -32,3 +33,12 @@ def with_session(ctx: tether.Context, session: requests.Session, url: str) -> st
 
 def stamp(ctx: tether.Context) -> float:
     return time.monotonic()
+
+
+def build(ctx: tether.Context) -> None:
+    # sync code may block on purpose; give it the budget
+    subprocess.run(["make"], check=True, timeout=ctx.remaining())
+
+
+async def abuild(ctx: tether.Context) -> None:
+    await tether.to_thread(ctx, lambda c: subprocess.run(["make"], check=True))

@@ -56,6 +56,16 @@ BROAD_BUILTINS = frozenset({"Exception", "BaseException", "TimeoutError", "OSErr
 REQUESTS_HELPERS = frozenset(
     {"get", "post", "put", "patch", "delete", "head", "options", "request"}
 )
+# Blocking calls reported in `async def` only (a sync function may block on purpose,
+# given a timeout): the event loop stops, and no cancellation can reach the call.
+_TO_THREAD = "run it with await tether.to_thread(ctx, ...) or use the asyncio API"
+ASYNC_BLOCKING = {
+    "subprocess.run": "use asyncio.create_subprocess_exec",
+    "subprocess.call": "use asyncio.create_subprocess_exec",
+    "subprocess.check_call": "use asyncio.create_subprocess_exec",
+    "subprocess.check_output": "use asyncio.create_subprocess_exec",
+    "urllib.request.urlopen": _TO_THREAD,
+}
 _SKIP_FIRST = frozenset({"self", "cls", "mcs", "mcls", "metacls"})
 
 
@@ -565,6 +575,13 @@ class Checker:
                         "TTH005",
                         f"{q}() in {where} has no budget: use a requests.Session with "
                         "tether.integrations.requests.ContextAdapter",
+                    )
+                elif func.is_async and q in ASYNC_BLOCKING:
+                    self.add(
+                        node,
+                        "TTH005",
+                        f"{q}() in an async function blocks the event loop and cannot be "
+                        f"interrupted: {ASYNC_BLOCKING[q]}",
                     )
         self.generic(node)
 
