@@ -113,6 +113,7 @@ def test_unknown_code_message_says_what_to_pass(tree: Path):
 def test_unparsable_file_is_reported_not_a_crash(tree: Path):
     (tree / "pkg" / "broken.py").write_text("def f(:\n    pass\n")
     (tree / "pkg" / "latin.py").write_bytes(b"x = '\xff'\n")
+    (tree / "pkg" / "cookie.py").write_bytes(b"# -*- coding: latin-1 -*-\nx = '\xff'\n")
     proc = run("pkg", cwd=tree)
     assert proc.returncode == 1
     broken = [ln for ln in proc.stdout.splitlines() if "broken.py" in ln]
@@ -121,6 +122,7 @@ def test_unparsable_file_is_reported_not_a_crash(tree: Path):
     assert any(
         "latin.py:1:1: TTH000 cannot read this file" in ln for ln in proc.stdout.splitlines()
     )
+    assert "cookie.py" not in proc.stdout  # PEP 263: decoded as it declares
     # the other files are still checked
     assert sum(" TTH00" in ln and "bad.py" in ln for ln in proc.stdout.splitlines()) == 3
     # TTH000 cannot be deselected: a file nobody checked is never "clean"

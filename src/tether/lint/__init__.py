@@ -22,7 +22,9 @@ alias of it), or an unannotated parameter named ``ctx``. Use it as ``tether lint
 from __future__ import annotations
 
 import ast
+import io
 import os
+import tokenize
 from collections.abc import Iterable, Iterator
 
 from ._checker import CODES, Finding, check_tree, module_name, noqa_codes
@@ -147,8 +149,10 @@ def check_paths(
         try:
             with open(f, "rb") as fh:
                 data = fh.read()
-            source = data.decode("utf-8-sig")
-        except (OSError, UnicodeDecodeError) as e:
+            # PEP 263: a coding cookie (or a BOM) says how to decode; UTF-8 otherwise
+            encoding, _ = tokenize.detect_encoding(io.BytesIO(data).readline)
+            source = data.decode("utf-8-sig" if encoding == "utf-8-sig" else encoding)
+        except (OSError, SyntaxError, LookupError, UnicodeDecodeError) as e:
             out.append(Finding(f, 1, 1, "TTH000", f"cannot read this file: {e}"))
             continue
         out.extend(check_source(source, f, select=sel, ignore=ign, context_modules=mods))
