@@ -5,6 +5,8 @@ from __future__ import annotations
 import tether
 from tether import Context as Ctx
 
+Context = tether.Context  # a module-level alias
+
 
 def fetch(url: str, ctx: tether.Context) -> str:  # expect: TTH001
     return url
@@ -33,3 +35,7 @@ class Client:
     @staticmethod
     def helper(n: int, ctx: tether.Context) -> int:  # expect: TTH001
         return n
+
+
+def fetch_module_alias(url: str, ctx: Context) -> str:  # expect: TTH001
+    return url

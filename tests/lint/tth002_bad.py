@@ -14,6 +14,8 @@ from tether import with_timeout as wt
 
 from ._helpers import log, work
 
+derive = tether.with_cancel  # a module-level alias
+
 
 def discarded(ctx: tether.Context) -> None:
     tether.with_cancel(ctx)  # expect: TTH002
@@ -166,3 +168,8 @@ def unpacked_later_and_lost(ctx: tether.Context, ok: bool) -> None:
         return
     work(child)
     cancel()
+
+
+def through_a_module_alias(ctx: tether.Context) -> None:
+    child, cancel = derive(ctx)  # expect: TTH002
+    work(child)

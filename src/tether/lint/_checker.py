@@ -432,6 +432,11 @@ class Checker:
                             func.derives.append(Derive(node, value, c.id, api))
                 elif isinstance(t, ast.Name) and func is not None and t.id not in func.globals:
                     func.derives.append(Derive(node, value, t.id, api))
+        elif func is None and self.cls is None and len(targets) == 1:
+            t = targets[0]
+            q = self.resolve(value) if isinstance(value, ast.Name | ast.Attribute) else None
+            if isinstance(t, ast.Name) and q is not None:
+                self.aliases[t.id] = q  # `Ctx = tether.Context`, `wt = tether.with_timeout`
         elif func is not None and len(targets) == 1:
             t = targets[0]
             if isinstance(t, ast.Name) and self.is_context_expr(value, func):
