@@ -6,7 +6,9 @@ be called or the new context will remain live until its parent context is cancel
 
 from __future__ import annotations
 
+import contextlib
 import signal
+from collections.abc import Iterator
 
 import tether
 from tether import with_deadline
@@ -173,3 +175,10 @@ def unpacked_later_and_lost(ctx: tether.Context, ok: bool) -> None:
 def through_a_module_alias(ctx: tether.Context) -> None:
     child, cancel = derive(ctx)  # expect: TTH002
     work(child)
+
+
+@contextlib.contextmanager
+def scope_without_finally(ctx: tether.Context) -> Iterator[tether.Context]:
+    child, cancel = tether.with_timeout(ctx, 1)  # expect: TTH002
+    yield child  # an exception in the with-block is raised here: cancel() is skipped
+    cancel()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import tether
@@ -191,3 +192,19 @@ def unpacked_later(ctx: tether.Context) -> None:
         work(child)
     finally:
         cancel()
+
+
+@contextlib.contextmanager
+def scope_with_finally(ctx: tether.Context) -> Iterator[tether.Context]:
+    child, cancel = tether.with_timeout(ctx, 1)
+    try:
+        yield child
+    finally:
+        cancel()
+
+
+def plain_generator(ctx: tether.Context) -> Iterator[tether.Context]:
+    # not a context manager: nothing is thrown in at the yield
+    child, cancel = tether.with_timeout(ctx, 1)
+    yield child
+    cancel()

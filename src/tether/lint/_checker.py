@@ -66,6 +66,7 @@ ASYNC_BLOCKING = {
     "subprocess.check_output": "use asyncio.create_subprocess_exec",
     "urllib.request.urlopen": _TO_THREAD,
 }
+_CONTEXT_MANAGERS = frozenset({"contextlib.contextmanager", "contextlib.asynccontextmanager"})
 _SKIP_FIRST = frozenset({"self", "cls", "mcs", "mcls", "metacls"})
 
 
@@ -666,7 +667,12 @@ class Checker:
     # -- TTH002 ---------------------------------------------------------------------------
 
     def check_derives(self, node: ast.FunctionDef | ast.AsyncFunctionDef, func: _Func) -> None:
-        found = lost_cancels(node, func.derives)
+        cm = any(
+            self.resolve(d) in _CONTEXT_MANAGERS
+            for d in node.decorator_list
+            if isinstance(d, ast.Name | ast.Attribute)
+        )
+        found = lost_cancels(node, func.derives, cm)
         for i, (_line, what) in sorted(found.items()):
             d = func.derives[i]
             self.add(

@@ -126,8 +126,14 @@ def _truth(test: ast.expr) -> bool | None:
 
 
 class _Walker:
-    def __init__(self, func: ast.FunctionDef | ast.AsyncFunctionDef, derives: list[Derive]):
+    def __init__(
+        self,
+        func: ast.FunctionDef | ast.AsyncFunctionDef,
+        derives: list[Derive],
+        context_manager: bool = False,
+    ):
         self.func = func
+        self.context_manager = context_manager
         self.derives = derives
         self.by_stmt = {id(d.stmt): i for i, d in enumerate(derives)}
         self.names = [d.name for i, d in enumerate(derives)]
@@ -190,16 +196,20 @@ class _Walker:
                     f.continues.append(state)
                     return
             elif f.kind == "handlers":
-                if kind in ("raise", "implicit"):
+                if kind in ("raise", "implicit", "yield"):
                     f.raised.append(state)
                     return
             else:  # finally
                 f.pending.append((kind, state, node))
                 return
         # out of the function
-        if kind in ("return", "raise") and state and node is not None:
+        if kind in ("return", "raise", "yield") and state and node is not None:
             line = getattr(node, "lineno", 0)
-            what = "the return" if kind == "return" else "the raise"
+            what = {
+                "return": "the return",
+                "raise": "the raise",
+                "yield": "an exception thrown in at the yield",
+            }[kind]
             for i in state:
                 self.report(i, line, f"{what} at line {line}")
 
@@ -283,6 +293,13 @@ class _Walker:
             return out if exhaustive else _join(out, state)
         # a simple statement (or a nested def/class: mentioning the name in it is a use)
         state = self.kill(state, self.loads(s))
+        if (
+            state
+            and self.context_manager
+            and isinstance(getattr(s, "value", None), ast.Yield | ast.YieldFrom)
+        ):
+            # @contextmanager: the with-block's exception is raised here, at the yield
+            self.jump("yield", state, s)
         if t is ast.Assign:
             assert isinstance(s, ast.Assign)
             state = self.rebind(state, s.targets, s.lineno, None)
@@ -384,7 +401,13 @@ class _Walker:
 
 
 def lost_cancels(
-    func: ast.FunctionDef | ast.AsyncFunctionDef, derives: list[Derive]
+    func: ast.FunctionDef | ast.AsyncFunctionDef,
+    derives: list[Derive],
+    context_manager: bool = False,
 ) -> dict[int, tuple[int, str]]:
-    """For each derive (by index) that some path leaves unused: (line, that path)."""
-    return _Walker(func, derives).run()
+    """For each derive (by index) that some path leaves unused: (line, that path).
+
+    ``context_manager``: the function is a ``@contextmanager`` generator, so each
+    ``yield`` is also a way out (the ``with`` block's exception is raised there).
+    """
+    return _Walker(func, derives, context_manager).run()
