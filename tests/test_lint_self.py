@@ -36,7 +36,10 @@ KNOWN: dict[tuple[str, str], tuple[int, str]] = {
         2,
         "a tenacity stop/wait object built per retry call for that call's context",
     ),
-    ("src/tether/lifecycle/_detached.py", "TTH003"): (1, "a queued job carries its base context"),
+    ("src/tether/lifecycle/_detached.py", "TTH003"): (
+        2,
+        "a queued job carries its base context (DetachedJob.ctx on the lifecycle branch)",
+    ),
     ("src/tether/lifecycle/_signals.py", "TTH003"): (1, "the signal registry entry it cancels"),
     ("src/tether/lifecycle/_detached.py", "TTH001"): (2, "private job/outcome plumbing"),
     ("src/tether/lifecycle/_common.py", "TTH001"): (1, "wait_until(futs, ctx): private helper"),
@@ -76,6 +79,8 @@ KNOWN_ELSEWHERE: dict[tuple[str, str], tuple[int, str]] = {
     ("src/tether/lifecycle/_ledger.py", "TTH001"): (1, "private, optional budget last"),
     ("src/tether/lifecycle/_pool.py", "TTH001"): (1, "private, optional budget last"),
     ("src/tether/lifecycle/_pool.py", "TTH004"): (1, "the drain grace outlives the run context"),
+    ("src/tether/lifecycle/_detached.py", "TTH004"): (2, "the close grace outlives the run"),
+    ("src/tether/integrations/asgi.py", "TTH003"): (1, PER_CALL),
 }
 
 
