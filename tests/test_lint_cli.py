@@ -297,3 +297,11 @@ def test_flake8_reads_context_modules_from_its_config(tmp_path: Path):
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert proc.returncode == 1, proc.stderr
     assert proc.stdout.startswith("g.py:5:17: TTH002 with_cancel() at line 5"), proc.stdout
+
+
+def test_pre_commit_hook_definition_runs_the_console_script():
+    text = (Path(__file__).resolve().parent.parent / ".pre-commit-hooks.yaml").read_text()
+    assert "- id: tether-lint\n" in text
+    assert "  entry: tether lint\n" in text
+    assert "  language: python\n" in text
+    assert "  types: [python]\n" in text
