@@ -305,3 +305,16 @@ def test_pre_commit_hook_definition_runs_the_console_script():
     assert "  entry: tether lint\n" in text
     assert "  language: python\n" in text
     assert "  types: [python]\n" in text
+
+
+def test_exclude_skips_matching_files_and_directories(tree: Path):
+    (tree / "pkg" / "gen").mkdir()
+    (tree / "pkg" / "gen" / "api_pb2.py").write_text(BAD)
+    (tree / "pkg" / "gen" / "other.py").write_text(BAD)
+    proc = run("pkg", cwd=tree)
+    assert proc.stdout.count(" TTH00") == 9
+    proc = run("--exclude", "*_pb2.py", "pkg", cwd=tree)
+    assert proc.stdout.count(" TTH00") == 6
+    assert "api_pb2.py" not in proc.stdout
+    proc = run("--exclude", "gen", "--exclude", "bad.py", "pkg", cwd=tree)
+    assert (proc.returncode, proc.stdout) == (0, "")

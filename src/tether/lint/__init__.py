@@ -22,6 +22,7 @@ alias of it), or an unannotated parameter named ``ctx``. Use it as ``tether lint
 from __future__ import annotations
 
 import ast
+import fnmatch
 import io
 import os
 import tokenize
@@ -96,14 +97,27 @@ def check_source(
     return sorted(set(out))
 
 
-def iter_python_files(paths: Iterable[str]) -> Iterator[str]:
+def _excluded(path: str, exclude: tuple[str, ...]) -> bool:
+    """Does a glob match the path, or any one of its parts (as flake8's --exclude)?"""
+    if not exclude:
+        return False
+    norm = path.replace(os.sep, "/")
+    parts = [x for x in norm.split("/") if x not in ("", ".")]
+    return any(
+        fnmatch.fnmatch(norm, g) or any(fnmatch.fnmatch(x, g) for x in parts) for g in exclude
+    )
+
+
+def iter_python_files(paths: Iterable[str], exclude: Iterable[str] = ()) -> Iterator[str]:
     """Every ``.py`` file under ``paths`` (files as given; directories recursively).
 
     Skips hidden directories, ``__pycache__``, virtual environments and build output,
-    in sorted order. Blocks on directory listing; idempotent; thread-safe; takes no
-    context, so none can have already ended. Raises ``FileNotFoundError`` naming a
-    path that does not exist.
+    and anything matching an ``exclude`` glob (``tests``, ``*_pb2.py``, ``src/gen/*``:
+    matched against the whole path and each of its parts), in sorted order. Blocks on
+    directory listing; idempotent; thread-safe; takes no context, so none can have
+    already ended. Raises ``FileNotFoundError`` naming a path that does not exist.
     """
+    ex = tuple(exclude)
     for p in paths:
         if os.path.isdir(p):
             for root, dirs, files in os.walk(p):
@@ -113,10 +127,12 @@ def iter_python_files(paths: Iterable[str]) -> Iterator[str]:
                     if not d.startswith(".")
                     and d not in _SKIP_DIRS
                     and not os.path.isfile(os.path.join(root, d, "pyvenv.cfg"))
+                    and not _excluded(os.path.join(root, d), ex)
                 )
                 for f in sorted(files):
-                    if f.endswith(".py"):
-                        yield os.path.join(root, f)
+                    full = os.path.join(root, f)
+                    if f.endswith(".py") and not _excluded(full, ex):
+                        yield full
         elif os.path.exists(p):
             yield p
         else:
@@ -131,16 +147,18 @@ def check_paths(
     select: Iterable[str] | None = None,
     ignore: Iterable[str] | None = None,
     context_modules: Iterable[str] = (),
+    exclude: Iterable[str] = (),
 ) -> list[Finding]:
     """Check every Python file under ``paths``; findings sorted by path, line, column.
 
     Blocks while it reads and checks the files. Idempotent for unchanged files;
     thread-safe; takes no context, so none can have already ended. A file that does not
     parse (or is not UTF-8) is a ``TTH000`` finding, not an error. ``select``,
-    ``ignore`` and ``context_modules`` are as for ``check_source``. Raises
+    ``ignore`` and ``context_modules`` are as for ``check_source``; ``exclude`` as for
+    ``iter_python_files``. Raises
     ``FileNotFoundError`` for a path that does not exist, before checking anything.
     """
-    files = list(iter_python_files(list(paths)))
+    files = list(iter_python_files(list(paths), exclude))
     sel = list(select) if select is not None else None
     ign = list(ignore) if ignore is not None else None
     mods = tuple(context_modules)

@@ -39,6 +39,14 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--ignore", metavar="CODES", help="skip these codes (comma-separated prefixes)")
     p.add_argument("--format", choices=("text", "json"), default="text", help="output format")
     p.add_argument(
+        "--exclude",
+        metavar="GLOB",
+        action="append",
+        default=[],
+        help="skip files and directories matching this glob (whole path or one part, "
+        "e.g. tests or *_pb2.py); repeatable",
+    )
+    p.add_argument(
         "--context-module",
         metavar="MODULE",
         action="append",
@@ -68,7 +76,11 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m tether.lint")
         return 0 if e.code == 0 else 2
     try:
         findings = check_paths(
-            args.paths, select=select, ignore=ignore, context_modules=args.context_module
+            args.paths,
+            select=select,
+            ignore=ignore,
+            context_modules=args.context_module,
+            exclude=args.exclude,
         )
     except FileNotFoundError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
