@@ -136,7 +136,7 @@ class _Walker:
         self.context_manager = context_manager
         self.derives = derives
         self.by_stmt = {id(d.stmt): i for i, d in enumerate(derives)}
-        self.names = [d.name for i, d in enumerate(derives)]
+        self.names = [d.name for d in derives]
         self.frames: list[_Frame] = []
         self.catchers = 0  # handler and finally frames open: where an exception can go
         self.found: dict[int, tuple[int, str]] = {}
