@@ -57,3 +57,23 @@ def test_docstring_states_the_checklist(name, obj):
     low = doc.lower()
     missing = [item for item, words in CHECKLIST.items() if not any(w in low for w in words)]
     assert not missing, f"{name}: docstring does not state {missing}"
+
+
+def lint_callables():
+    from tether import lint
+    from tether.lint import __main__ as lint_main
+    from tether.lint import flake8 as lint_flake8
+
+    yield from ((f"lint.{n}", getattr(lint, n)) for n in ("check_paths", "check_source"))
+    yield "lint.iter_python_files", lint.iter_python_files
+    yield "lint.__main__.main", lint_main.main
+    yield "lint.__main__.cli", lint_main.cli
+    yield "lint.flake8.Plugin", lint_flake8.Plugin
+
+
+LINT = sorted(lint_callables())
+
+
+@pytest.mark.parametrize(("name", "obj"), LINT, ids=[n for n, _ in LINT])
+def test_lint_docstring_states_the_checklist(name, obj):
+    test_docstring_states_the_checklist(name, obj)
