@@ -42,9 +42,9 @@ if TYPE_CHECKING:
     from ._redis import RedisStore
 
 __all__ = [
-    "IDEMPOTENCY_KEY",
     "Claim",
     "FingerprintMismatch",
+    "IDEMPOTENCY_KEY",
     "IdempotencyMiddleware",
     "PostgresStore",
     "RedisStore",

@@ -29,9 +29,11 @@ __all__ = ["Busy", "Owner", "acquire"]
 
 LOG = logging.getLogger("tether.idempotency")
 
-# A waiter stops this long before its own deadline, so that it can still answer (409)
-# before the server's deadline handling (504) or the client's timeout does.
-MARGIN = 0.01
+# A waiter stops a little before its own deadline, so that it can still answer (409)
+# before the server's deadline handling (504) or the client's timeout does: a tenth of
+# its budget, between MARGIN_MIN and MARGIN_MAX.
+MARGIN_MIN = 0.01
+MARGIN_MAX = 0.05
 POLL_MIN = 0.002  # first poll of a key running in another process
 POLL_MAX = 0.1  # polls back off to this
 IDLE_CHECK = 0.5  # a waiter with no deadline re-checks its context this often
@@ -90,7 +92,7 @@ class Replay:
 
 
 async def acquire(
-    ctx: Context, store: Store, key: str, fingerprint: str, *, margin: float = MARGIN
+    ctx: Context, store: Store, key: str, fingerprint: str, *, margin: float | None = None
 ) -> Owner | Replay:
     """Own ``key`` (and run) or get its stored result, waiting within ``ctx``'s budget.
 
@@ -100,6 +102,9 @@ async def acquire(
     """
     flights = _flights(store)
     loop = asyncio.get_running_loop()
+    if margin is None:
+        left = ctx.remaining()
+        margin = 0.0 if left is None else min(MARGIN_MAX, max(MARGIN_MIN, left / 10))
     poll = POLL_MIN
     while True:
         left = ctx.remaining()
