@@ -102,19 +102,32 @@ class SQLiteStore(Store):
         return conn
 
     def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        # SQLite's busy handler waits for a lock, except where waiting could deadlock
+        # (a read snapshot upgraded to a write, WAL recovery, a schema change by another
+        # process): those fail at once with "database is locked", and the cure is to
+        # start over, so the whole step is retried until `timeout`.
+        end = time.monotonic() + self._timeout
+        pause = 0.001
         with self._lock:
-            try:
-                if self._conn is None:
-                    self._conn = self._connect()
-                conn = self._conn
+            while True:
                 try:
-                    return fn(conn)
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
-            except (sqlite3.Error, OSError) as e:
-                raise StoreError(f"tether: SQLite store {str(self._path)!r}: {e}") from e
+                    if self._conn is None:
+                        self._conn = self._connect()
+                    conn = self._conn
+                    try:
+                        return fn(conn)
+                    except BaseException:
+                        if conn.in_transaction:
+                            conn.execute("ROLLBACK")
+                        raise
+                except sqlite3.OperationalError as e:
+                    if "locked" in str(e) and time.monotonic() + pause < end:
+                        time.sleep(pause)
+                        pause = min(pause * 2, 0.05)
+                        continue
+                    raise StoreError(f"tether: SQLite store {str(self._path)!r}: {e}") from e
+                except (sqlite3.Error, OSError) as e:
+                    raise StoreError(f"tether: SQLite store {str(self._path)!r}: {e}") from e
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         def work(_ctx: Context) -> T:
@@ -138,15 +151,15 @@ class SQLiteStore(Store):
         def op(conn: sqlite3.Connection) -> Claim:
             sel = f"SELECT fingerprint, done, until, result FROM {t} WHERE key = ?"
             now = time.time()
-            row = conn.execute(sel, (key,)).fetchone()
-            if row is not None and row[2] > now:
-                return _claim(row, now)
+            rows = conn.execute(sel, (key,)).fetchall()  # fetchall: ends the read
+            if rows and rows[0][2] > now:
+                return _claim(rows[0], now)
             conn.execute("BEGIN IMMEDIATE")
             now = time.time()
-            row = conn.execute(sel, (key,)).fetchone()
-            if row is not None and row[2] > now:  # another process took it meanwhile
+            rows = conn.execute(sel, (key,)).fetchall()
+            if rows and rows[0][2] > now:  # another process took it meanwhile
                 conn.execute("COMMIT")
-                return _claim(row, now)
+                return _claim(rows[0], now)
             conn.execute(
                 f"INSERT OR REPLACE INTO {t} (key, fingerprint, token, done, until, result)"
                 " VALUES (?, ?, ?, 0, ?, NULL)",
