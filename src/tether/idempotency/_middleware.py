@@ -148,7 +148,7 @@ class IdempotencyMiddleware:
 
     Constructing it does no I/O and raises ``TypeError``/``ValueError`` for a bad
     ``store``, ``methods`` or ``ttl``. Calling it blocks (suspends) the request's task
-    only; it is safe from any number of concurrent requests and event loops; each call
+    only; it is thread-safe (any number of concurrent requests, loops, threads); each call
     handles one request (idempotent per key, by construction). A request whose context
     already ended is not run. The middleware raises what the app raised, and never
     swallows an exception that is not its own.
@@ -180,8 +180,8 @@ class IdempotencyMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Handle one ASGI connection (see the class docstring).
 
-        Blocks (suspends) the request's task for the wait and the app; safe from any
-        task; each call is one request. A request whose context already ended is
+        Blocks (suspends) the request's task for the wait and the app; thread-safe; each
+        call is one request, run at most once per key (idempotent by construction). A request whose context already ended is
         answered by the context middleware, not run. Raises what the app raised.
         """
         if scope["type"] != "http" or scope["method"] not in self.methods:

@@ -43,9 +43,9 @@ class PostgresStore(Store):
     Times are the server's (``clock_timestamp()``), so hosts need no synchronised
     clocks.
 
-    Constructing one does no I/O and needs no event loop; it raises ``ImportError``
+    Constructing one does not block (no I/O, no event loop); it raises ``ImportError``
     naming the extra when psycopg is missing, ``TypeError``/``ValueError`` for a bad
-    argument. Thread-safe to construct; use it from coroutines. No context is involved.
+    argument. Thread-safe to construct; use it from coroutines. No context, none ended.
     Close it with ``aclose()`` (or ``close()`` once its loop stopped).
 
     Added in 0.1.
@@ -122,7 +122,7 @@ class PostgresStore(Store):
 
         A replay is one ``SELECT``; taking a key is one short transaction with a row
         lock. Blocks (suspends) until then (at most ``timeout``); not idempotent (a
-        second call finds the key running); safe from any task. No context is involved.
+        second call finds the key running); thread-safe. No context, none ended.
         Raises ``StoreError``.
         """
         t = self._table
@@ -170,8 +170,8 @@ class PostgresStore(Store):
     async def renew(self, key: str, token: str) -> bool:
         """Extend ``token``'s lease; ``False`` if it no longer owns ``key``.
 
-        Blocks (suspends) for one statement; idempotent; safe from any task. No context
-        is involved. Raises ``StoreError``.
+        Blocks (suspends) for one statement; idempotent; thread-safe. No context,
+        none ended. Raises ``StoreError``.
         """
         sql = (
             f"UPDATE {self._table} SET until = clock_timestamp() + make_interval(secs => %s)"
@@ -183,7 +183,7 @@ class PostgresStore(Store):
         """Store ``result`` for ``ttl`` seconds if ``token`` owns ``key``, else ``False``.
 
         Blocks (suspends) for one statement; a repeat returns ``False`` (idempotent);
-        safe from any task. No context is involved. Raises ``StoreError``.
+        thread-safe. No context, none ended. Raises ``StoreError``.
         """
         sql = (
             f"UPDATE {self._table} SET done = true, token = NULL, result = %s,"
@@ -195,8 +195,8 @@ class PostgresStore(Store):
     async def release(self, key: str, token: str) -> bool:
         """Delete running ``key`` if ``token`` owns it; ``False`` otherwise.
 
-        Blocks (suspends) for one statement; idempotent; safe from any task. No context
-        is involved. Raises ``StoreError``.
+        Blocks (suspends) for one statement; idempotent; thread-safe. No context,
+        none ended. Raises ``StoreError``.
         """
         sql = f"DELETE FROM {self._table} WHERE key = %s AND token = %s AND NOT done"
         return await self._rowcount(sql, (key, token)) == 1
@@ -204,8 +204,8 @@ class PostgresStore(Store):
     async def sweep(self) -> int:
         """Delete expired results and lapsed leases; return how many went.
 
-        Blocks (suspends) for one statement; idempotent; safe from any task, during
-        traffic. No context is involved. Raises ``StoreError``.
+        Blocks (suspends) for one statement; idempotent; thread-safe, during
+        traffic. No context, none ended. Raises ``StoreError``.
         """
         sql = f"DELETE FROM {self._table} WHERE until <= clock_timestamp()"
         return await self._rowcount(sql, ())
@@ -213,8 +213,8 @@ class PostgresStore(Store):
     async def aclose(self) -> None:
         """Close the connection of the running loop (reopened if used again).
 
-        Blocks (suspends) while closing; idempotent; call it from the loop that used
-        the store. No context is involved. Raises nothing.
+        Blocks (suspends) while closing; idempotent; thread-safe, from the loop that used
+        the store. No context, none ended. Raises nothing.
         """
         async with self._conn.lock():
             conn = self._conn.forget()
@@ -227,8 +227,8 @@ class PostgresStore(Store):
     def close(self) -> None:
         """Close the connection without its event loop (e.g. after it stopped).
 
-        Non-blocking beyond closing the socket; idempotent; thread-safe. No context is
-        involved. Raises nothing.
+        Non-blocking beyond closing the socket; idempotent; thread-safe. No context, none
+        ended. Raises nothing.
         """
         self._conn.drop()
 

@@ -94,9 +94,9 @@ class RedisStore(Store):
     server's. Each process keeps one client (with its connection pool) per event loop,
     made lazily.
 
-    Constructing one does no I/O and needs no event loop; it raises ``ImportError``
+    Constructing one does not block (no I/O, no event loop); it raises ``ImportError``
     naming the extra when redis-py is missing, ``TypeError``/``ValueError`` for a bad
-    argument. Thread-safe to construct; use it from coroutines. No context is involved.
+    argument. Thread-safe to construct; use it from coroutines. No context, none ended.
     Close it with ``aclose()`` (or ``close()`` once its loop stopped).
 
     Added in 0.1.
@@ -155,8 +155,8 @@ class RedisStore(Store):
         """Take ``key`` for ``token`` unless it is running or done; report what it found.
 
         One script call. Blocks (suspends) for one round trip (at most ``timeout``);
-        not idempotent (a second call finds the key running); safe from any task. No
-        context is involved. Raises ``StoreError``.
+        not idempotent (a second call finds the key running); thread-safe. No
+        context, none ended. Raises ``StoreError``.
         """
         ms = max(1, round(self.lease * 1000))
 
@@ -175,8 +175,8 @@ class RedisStore(Store):
     async def renew(self, key: str, token: str) -> bool:
         """Extend ``token``'s lease; ``False`` if it no longer owns ``key``.
 
-        Blocks (suspends) for one round trip; idempotent; safe from any task. No
-        context is involved. Raises ``StoreError``.
+        Blocks (suspends) for one round trip; idempotent; thread-safe. No
+        context, none ended. Raises ``StoreError``.
         """
         ms = max(1, round(self.lease * 1000))
 
@@ -189,7 +189,7 @@ class RedisStore(Store):
         """Store ``result`` for ``ttl`` seconds if ``token`` owns ``key``, else ``False``.
 
         Blocks (suspends) for one round trip; a repeat returns ``False`` (idempotent);
-        safe from any task. No context is involved. Raises ``StoreError``.
+        thread-safe. No context, none ended. Raises ``StoreError``.
         """
         ms = max(1, round(ttl * 1000))
 
@@ -201,8 +201,8 @@ class RedisStore(Store):
     async def release(self, key: str, token: str) -> bool:
         """Delete running ``key`` if ``token`` owns it; ``False`` otherwise.
 
-        Blocks (suspends) for one round trip; idempotent; safe from any task. No
-        context is involved. Raises ``StoreError``.
+        Blocks (suspends) for one round trip; idempotent; thread-safe. No
+        context, none ended. Raises ``StoreError``.
         """
 
         async def op(c: _Client) -> bool:
@@ -213,7 +213,7 @@ class RedisStore(Store):
     async def sweep(self) -> int:
         """Nothing to do: Redis expires lapsed leases and old results itself; returns 0.
 
-        Non-blocking; idempotent; safe from any task. No context is involved. Raises
+        Non-blocking; idempotent; thread-safe. No context, none ended. Raises
         nothing.
         """
         return 0
@@ -221,8 +221,8 @@ class RedisStore(Store):
     async def aclose(self) -> None:
         """Close the client of the running loop and its connections (remade if used again).
 
-        Blocks (suspends) while closing; idempotent; call it from the loop that used
-        the store. No context is involved. Raises nothing.
+        Blocks (suspends) while closing; idempotent; thread-safe, from the loop that used
+        the store. No context, none ended. Raises nothing.
         """
         async with self._client.lock():
             c = self._client.forget()
@@ -235,7 +235,7 @@ class RedisStore(Store):
     def close(self) -> None:
         """Forget the client without its event loop (e.g. after it stopped).
 
-        Non-blocking; idempotent; thread-safe. No context is involved. Raises nothing.
+        Non-blocking; idempotent; thread-safe. No context, none ended. Raises nothing.
         """
         self._client.drop()
 

@@ -67,7 +67,7 @@ async def run(
     when the work did not happen.
 
     Blocks (suspends) the calling task until a result exists. Idempotent by
-    construction: one execution per key until ``ttl`` passes. Safe from any task on
+    construction: one execution per key until ``ttl`` passes. Thread-safe: any task on
     any event loop, in any number of processes. If ``ctx`` already ended, raises its
     error before touching the store; if it ends while waiting for another caller, raises
     ``DeadlineExceeded``/``Canceled`` (the work goes on in its owner). Raises

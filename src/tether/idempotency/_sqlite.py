@@ -43,9 +43,9 @@ class SQLiteStore(Store):
     a writer). Commits are ``synchronous=FULL``: a result, once stored, survives a power
     loss.
 
-    Constructing one does no I/O, needs no event loop and is thread-safe; it raises
+    Constructing one does not block (no I/O, no event loop) and is thread-safe; it raises
     ``TypeError``/``ValueError`` for a bad ``lease``, ``table`` or ``timeout``. No
-    context is involved. Close it with ``close()`` or ``aclose()``.
+    context, none ended. Close it with ``close()`` or ``aclose()``.
 
     Added in 0.1.
     """
@@ -142,8 +142,8 @@ class SQLiteStore(Store):
 
         A replay is one read; taking a key is ``BEGIN IMMEDIATE`` + re-read + write.
         Blocks (suspends) until then (at most ``timeout`` waiting for another process's
-        write lock); not idempotent (a second call finds the key running); safe from
-        any task. No context is involved. Raises ``StoreError``.
+        write lock); not idempotent (a second call finds the key running); thread-safe.
+        No context, none ended. Raises ``StoreError``.
         """
         t = self._table
         lease = self.lease
@@ -173,8 +173,8 @@ class SQLiteStore(Store):
     async def renew(self, key: str, token: str) -> bool:
         """Extend ``token``'s lease; ``False`` if it no longer owns ``key``.
 
-        Blocks (suspends) for one write; idempotent; safe from any task. No context is
-        involved. Raises ``StoreError``.
+        Blocks (suspends) for one write; idempotent; thread-safe. No context, none
+        ended. Raises ``StoreError``.
         """
         sql = f"UPDATE {self._table} SET until = ? WHERE key = ? AND token = ? AND done = 0"
         lease = self.lease
@@ -185,8 +185,8 @@ class SQLiteStore(Store):
     async def complete(self, key: str, token: str, result: bytes, ttl: float) -> bool:
         """Store ``result`` for ``ttl`` seconds if ``token`` owns ``key``, else ``False``.
 
-        Blocks (suspends) for one write; a repeat returns ``False`` (idempotent); safe
-        from any task. No context is involved. Raises ``StoreError``.
+        Blocks (suspends) for one write; a repeat returns ``False`` (idempotent);
+        thread-safe. No context, none ended. Raises ``StoreError``.
         """
         sql = (
             f"UPDATE {self._table} SET done = 1, token = NULL, until = ?, result = ?"
@@ -199,8 +199,8 @@ class SQLiteStore(Store):
     async def release(self, key: str, token: str) -> bool:
         """Delete running ``key`` if ``token`` owns it; ``False`` otherwise.
 
-        Blocks (suspends) for one write; idempotent; safe from any task. No context is
-        involved. Raises ``StoreError``.
+        Blocks (suspends) for one write; idempotent; thread-safe. No context, none
+        ended. Raises ``StoreError``.
         """
         sql = f"DELETE FROM {self._table} WHERE key = ? AND token = ? AND done = 0"
         return await self._run(lambda c: c.execute(sql, (key, token)).rowcount == 1)
@@ -208,8 +208,8 @@ class SQLiteStore(Store):
     async def sweep(self) -> int:
         """Delete expired results and lapsed leases; return how many went.
 
-        Blocks (suspends) for one write; idempotent; safe from any task, during
-        traffic. No context is involved. Raises ``StoreError``.
+        Blocks (suspends) for one write; idempotent; thread-safe, during
+        traffic. No context, none ended. Raises ``StoreError``.
         """
         sql = f"DELETE FROM {self._table} WHERE until <= ?"
         return await self._run(lambda c: c.execute(sql, (time.time(),)).rowcount)
@@ -217,8 +217,8 @@ class SQLiteStore(Store):
     async def aclose(self) -> None:
         """Close this process's connection (reopened if the store is used again).
 
-        Blocks (suspends) while closing; idempotent; safe from any task. No context is
-        involved. Raises nothing.
+        Blocks (suspends) while closing; idempotent; thread-safe. No context, none
+        ended. Raises nothing.
         """
         await to_thread(background(), lambda _c: self.close())
 
@@ -226,7 +226,7 @@ class SQLiteStore(Store):
         """Close this process's connection (reopened if the store is used again).
 
         Blocks while an operation in progress finishes; idempotent; thread-safe. No
-        context is involved. Raises nothing.
+        context, none ended. Raises nothing.
         """
         with self._lock:
             conn, self._conn = self._conn, None

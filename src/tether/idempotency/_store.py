@@ -92,8 +92,10 @@ class Store:
     ``renew``: the owner renews it every ``lease / 3`` seconds while it works, so only an
     owner that died loses it, ``lease`` seconds after its last renewal.
 
-    Every method may raise ``StoreError`` (chained to the driver's error); none takes a
-    context, each is bounded by the store's own I/O timeouts.
+    Every method is a coroutine that blocks (suspends) its task for a round trip, may
+    raise ``StoreError`` (chained to the driver's error), and is thread-safe: any task
+    of any loop may call it. None takes a context (so none sees an ended one): each is
+    bounded by the store's own I/O timeouts.
 
     Added in 0.1.
     """
@@ -112,7 +114,7 @@ class Store:
         exactly one gets ``"acquired"``. A record whose lease ended (its owner died) or
         whose result expired is taken over as if absent. Blocks (suspends) for one store
         round trip; not idempotent (a second call with another token finds the key
-        running); safe from any task. No context: bounded by the store's I/O timeouts.
+        running); thread-safe. No context, none ended: bounded by the store's I/O timeouts.
         Raises ``StoreError``.
         """
         raise NotImplementedError
@@ -122,7 +124,7 @@ class Store:
 
         Returns ``False`` if ``token`` no longer owns the key (its lease already ended and
         another owner took it, or it completed). Blocks (suspends) for one round trip;
-        idempotent; safe from any task. No context is involved. Raises ``StoreError``.
+        idempotent; thread-safe. No context, none ended. Raises ``StoreError``.
         """
         raise NotImplementedError
 
@@ -131,8 +133,8 @@ class Store:
 
         Returns ``False`` (and stores nothing) if ``token`` lost the key. Blocks
         (suspends) for one round trip; idempotent for the same arguments until the key
-        expires (a repeat finds it done and returns ``False``); safe from any task. No
-        context is involved. Raises ``StoreError``.
+        expires (a repeat finds it done and returns ``False``); thread-safe. No
+        context, none ended. Raises ``StoreError``.
         """
         raise NotImplementedError
 
@@ -140,7 +142,7 @@ class Store:
         """Forget a running ``key`` owned by ``token`` so that a retry executes.
 
         Returns ``False`` if ``token`` does not own it. Blocks (suspends) for one round
-        trip; idempotent; safe from any task. No context is involved. Raises
+        trip; idempotent; thread-safe. No context, none ended. Raises
         ``StoreError``.
         """
         raise NotImplementedError
@@ -149,22 +151,22 @@ class Store:
         """Delete expired results and lapsed leases; return how many records went.
 
         Blocks (suspends) for one statement; idempotent (a second call finds fewer);
-        safe from any task, concurrently with requests: it deletes only records that
-        ``begin`` would take over anyway. No context is involved. Raises ``StoreError``.
+        thread-safe, concurrently with requests: it deletes only records that
+        ``begin`` would take over anyway. No context, none ended. Raises ``StoreError``.
         """
         raise NotImplementedError
 
     async def aclose(self) -> None:
         """Close the store's connections (the store reconnects if used again).
 
-        Blocks (suspends) until closed; idempotent; call it from the event loop that
-        used the store. No context is involved. Raises nothing (errors while closing a
+        Blocks (suspends) until closed; idempotent; thread-safe, from the event loop that
+        used the store. No context, none ended. Raises nothing (errors while closing a
         broken connection are ignored).
         """
 
     def close(self) -> None:
         """Close the store from synchronous code (after its event loop stopped).
 
-        Non-blocking beyond closing sockets or files; idempotent; thread-safe. No context
-        is involved. Raises nothing.
+        Non-blocking beyond closing sockets or files; idempotent; thread-safe. No context,
+        none ended. Raises nothing.
         """
