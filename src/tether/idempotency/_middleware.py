@@ -181,8 +181,8 @@ class IdempotencyMiddleware:
         """Handle one ASGI connection (see the class docstring).
 
         Blocks (suspends) the request's task for the wait and the app; thread-safe; each
-        call is one request, run at most once per key (idempotent by construction). A request whose context already ended is
-        answered by the context middleware, not run. Raises what the app raised.
+        call is one request, run at most once per key (idempotent by construction). A
+        request whose context already ended waits for no one: it gets 409 or a replay. Raises what the app raised.
         """
         if scope["type"] != "http" or scope["method"] not in self.methods:
             await self.app(scope, receive, send)
