@@ -341,6 +341,31 @@ def test_budget_from_scope_state_and_key_in_scope_state(backend: Backend) -> Non
     assert app.seen_keys == ["k"]
 
 
+def test_ended_request_context_is_not_run(backend: Backend) -> None:
+    app = Payments(delay=0)
+
+    async def main() -> None:
+        store = backend.store()
+        mw = idempotency.IdempotencyMiddleware(app, store)
+
+        async def ended(scope: Any, receive: Any, send: Any) -> None:
+            ctx, cancel = tether.with_cancel(tether.background())
+            cancel()
+            scope["state"] = {"tether.context": ctx}
+            await mw(scope, receive, send)
+
+        try:
+            async with client(ended) as c:
+                with pytest.raises(tether.Canceled):
+                    await post(c, "k")
+            assert (await store.begin("k", "x", "t")).state == "acquired"  # untouched
+        finally:
+            await store.aclose()
+
+    asyncio.run(main())
+    assert app.calls == 0
+
+
 def test_store_down_is_503_and_nothing_runs(backend: Backend, caplog: Any) -> None:
     app = Payments()
 

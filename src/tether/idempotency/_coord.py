@@ -96,9 +96,9 @@ async def acquire(
 ) -> Owner | Replay:
     """Own ``key`` (and run) or get its stored result, waiting within ``ctx``'s budget.
 
-    Raises ``FingerprintMismatch``, ``StoreError``, ``Busy`` (the budget ended while the
-    key was still running), or ``ctx``'s error if ``ctx`` ended with no deadline passing
-    (a cancellation).
+    Raises ``ctx``'s error if it has ended (before anything else, and when a cancel
+    ends it while waiting), ``FingerprintMismatch``, ``StoreError``, or ``Busy`` when
+    the budget (minus a margin) ends while the key is still running.
     """
     flights = _flights(store)
     loop = asyncio.get_running_loop()
@@ -107,15 +107,15 @@ async def acquire(
         margin = 0.0 if left is None else min(MARGIN_MAX, max(MARGIN_MIN, left / 10))
     poll = POLL_MIN
     while True:
+        ctx.check()
         left = ctx.remaining()
         budget = None if left is None else left - margin
-        if budget is not None and budget <= 0:
-            raise Busy(1.0)
-        ctx.check()
         fl = flights.by_key.get(key)
         if fl is not None:  # running in this process: wait for its owner to hand over
             if fl.fingerprint != fingerprint:
                 raise FingerprintMismatch(key)
+            if budget is not None and budget <= 0:
+                raise Busy(1.0)
             fut: asyncio.Future[object] = loop.create_future()
             with flights.lock:
                 if flights.by_key.get(key) is not fl:
@@ -144,9 +144,11 @@ async def acquire(
         if claim.state == "done":
             return Replay(claim.result)
         # running elsewhere (or our own owner has not registered its flight yet)
+        if budget is not None and budget <= 0:
+            raise Busy(1.0)
         sleep = min(poll, max(claim.wait, POLL_MIN))
         if budget is not None and budget < sleep:
-            sleep = max(budget, 0.0)
+            sleep = budget
         await asyncio.sleep(sleep)
         poll = min(poll * 2, POLL_MAX)
 

@@ -150,8 +150,8 @@ class IdempotencyMiddleware:
     ``store``, ``methods`` or ``ttl``. Calling it blocks (suspends) the request's task
     only; it is thread-safe (any number of concurrent requests, loops, threads); each call
     handles one request (idempotent per key, by construction). A request whose context
-    already ended is not run. The middleware raises what the app raised, and never
-    swallows an exception that is not its own.
+    already ended is not run: the context's error propagates. The middleware raises
+    what the app raised, and never swallows an exception that is not its own.
 
     Added in 0.1.
     """
@@ -182,7 +182,9 @@ class IdempotencyMiddleware:
 
         Blocks (suspends) the request's task for the wait and the app; thread-safe; each
         call is one request, run at most once per key (idempotent by construction). A
-        request whose context already ended waits for no one: it gets 409 or a replay. Raises what the app raised.
+        request whose context already ended, or is cancelled while it waits, is not run:
+        the context's error propagates (``ContextMiddleware`` answers it). Raises what
+        the app raised.
         """
         if scope["type"] != "http" or scope["method"] not in self.methods:
             await self.app(scope, receive, send)
