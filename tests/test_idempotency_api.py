@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import inspect
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from tests.test_docstrings import CHECKLIST
@@ -62,3 +65,38 @@ def test_stores_implement_every_step() -> None:
     for cls in (idempotency.SQLiteStore, idempotency.PostgresStore, idempotency.RedisStore):
         for step in steps:
             assert step in vars(cls), f"{cls.__name__}.{step}"
+
+
+TYPED = Path(__file__).resolve().parent / "typed_idempotency_example.py"
+
+
+def test_typed_example_passes_mypy_strict(run_mypy, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    proc = run_mypy(TYPED)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # ...and mypy sees the types: a URL where a store goes, a sync job fn, fail
+    wrong = tmp_path / "wrong_idempotency.py"
+    wrong.write_text(
+        "import tether\n"
+        "from tether import idempotency\n"
+        "async def app(scope: dict, receive: object, send: object) -> None: ...\n"
+        "idempotency.IdempotencyMiddleware(app, 'sqlite:///x.db')\n"
+        "def fn(ctx: tether.Context) -> int: return 1\n"
+        "async def main() -> None:\n"
+        "    s = idempotency.SQLiteStore('x')\n"
+        "    await idempotency.run(tether.background(), s, 'k', 'f', fn)\n"
+    )
+    proc = run_mypy(wrong)
+    assert proc.returncode == 1
+    assert ':4: error: Argument 2 to "IdempotencyMiddleware"' in proc.stdout, proc.stdout
+    assert ':8: error: Argument 5 to "run"' in proc.stdout, proc.stdout
+
+
+def test_typed_example_runs() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-X", "dev", "-W", "error", str(TYPED)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok 1"
