@@ -138,7 +138,9 @@ class IdempotencyMiddleware:
     - the store cannot be reached: ``503`` with ``Retry-After``, and nothing runs;
     - otherwise the app runs, under a context carrying ``IDEMPOTENCY_KEY`` that is
       ``tether.current()`` (and ``scope["state"]["tether.context"]`` if the scope has a
-      state). A complete response is stored, whatever its status: what the app *sent*
+      state), entered with ``async with``: the app's task is interrupted when it ends
+      (the request's deadline or cancellation, or the lease lost to another owner).
+      A complete response is stored, whatever its status: what the app *sent*
       is the answer. If the app *raises* (even after sending, as Starlette's error
       middleware does), nothing is stored and the key is released: a retry runs again.
 
