@@ -366,6 +366,35 @@ def test_ended_request_context_is_not_run(backend: Backend) -> None:
     assert app.calls == 0
 
 
+def test_request_deadline_interrupts_the_handler_and_releases(backend: Backend) -> None:
+    app = Payments(delay=5)
+
+    async def main() -> None:
+        store = backend.store()
+        mw = idempotency.IdempotencyMiddleware(app, store)
+
+        async def ctx_middleware(scope: Any, receive: Any, send: Any) -> None:
+            with tether.with_timeout(tether.background(), 0.2) as rctx:
+                scope["state"] = {"tether.context": rctx}
+                await mw(scope, receive, send)
+
+        try:
+            async with client(ctx_middleware) as c:
+                t0 = time.monotonic()
+                with pytest.raises(tether.DeadlineExceeded):
+                    await post(c, "k")
+                assert time.monotonic() - t0 < 2
+            app.delay = 0
+            async with client(mw) as c:
+                assert (await post(c, "k")).status_code == 201  # released: runs again
+        finally:
+            await store.aclose()
+
+    asyncio.run(main())
+    assert app.calls == 2
+    assert app.charges == ["amount=5"]
+
+
 def test_store_down_is_503_and_nothing_runs(backend: Backend, caplog: Any) -> None:
     app = Payments()
 
