@@ -878,3 +878,46 @@ def test_json_problem_bodies_are_valid() -> None:
     raw = encode_response(200, [(b"a", b"\x00\xff"), (b"a", b"2")], b"\x00body")
     assert decode_response(raw) == (200, [(b"a", b"\x00\xff"), (b"a", b"2")], b"\x00body")
     json.loads(raw[4 : 4 + int.from_bytes(raw[:4], "big")])
+
+
+def test_postgres_pool_is_bounded_and_reused(tmp_path: Path) -> None:
+    from tests.idem_support import PG
+
+    b = Backend("postgres", tmp_path)
+    app_name = f"idem_pool_{uuid.uuid4().hex[:8]}"
+    peak = 0
+
+    async def main() -> None:
+        nonlocal peak
+        import psycopg
+
+        store = idempotency.PostgresStore(
+            f"{PG} application_name={app_name}", table=b.table, max_connections=3
+        )
+        watcher = await psycopg.AsyncConnection.connect(PG, autocommit=True)
+        sql = "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"
+        try:
+
+            async def one(i: int) -> str:
+                return (await store.begin(f"k{i}", "fp", "t")).state
+
+            for _ in range(3):
+                states = await asyncio.gather(*[one(i) for i in range(40)])
+                row = await (await watcher.execute(sql, (app_name,))).fetchone()
+                assert row is not None
+                peak = max(peak, row[0])
+            assert states == ["running"] * 40  # the 2nd and 3rd rounds find them taken
+        finally:
+            await store.aclose()
+            await watcher.close()
+            b.cleanup()
+
+    asyncio.run(main())
+    assert 1 <= peak <= 3
+
+
+def test_postgres_pool_misuse() -> None:
+    with pytest.raises(ValueError, match="tether: max_connections"):
+        idempotency.PostgresStore("dbname=x", max_connections=0)
+    with pytest.raises(TypeError, match="tether: max_connections"):
+        idempotency.PostgresStore("dbname=x", max_connections=2.5)  # type: ignore[arg-type]

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ._loopbound import LoopBound
+from ._loopbound import LoopPool
 from ._sqlite import check_table
 from ._store import Claim, Store, StoreError
 
@@ -36,10 +36,11 @@ class PostgresStore(Store):
     URI. ``lease`` is how long a running key stays owned after its owner's last renewal
     (see ``Store``); ``table`` names the table (created on first use); ``timeout``
     bounds every operation, connecting included (then ``StoreError``). Each process
-    keeps one connection per event loop, opened lazily, used by one operation at a time.
-    Taking a key is a transaction: ``INSERT ... ON CONFLICT DO NOTHING``, else the row
-    locked with ``SELECT ... FOR UPDATE`` and re-checked inside the transaction (its
-    lease may have lapsed: then it is taken over). A replay is one plain ``SELECT``.
+    keeps up to ``max_connections`` connections per event loop, opened lazily, each used
+    by one operation at a time. A replay is one plain ``SELECT``; a new key one more
+    statement, ``INSERT ... ON CONFLICT DO NOTHING``; a key whose lease lapsed is taken
+    over in a transaction: the row locked with ``SELECT ... FOR UPDATE`` and re-checked
+    inside it.
     Times are the server's (``clock_timestamp()``), so hosts need no synchronised
     clocks.
 
@@ -60,6 +61,7 @@ class PostgresStore(Store):
         lease: float = 60,
         table: str = "tether_idempotency",
         timeout: float = 5.0,
+        max_connections: int = 4,
     ) -> None:
         super().__init__(lease=lease)
         self._psycopg = _import_psycopg()
@@ -73,7 +75,13 @@ class PostgresStore(Store):
         self._timeout = float(timeout)
         if not self._timeout > 0:
             raise ValueError(f"tether: timeout must be positive seconds, got {timeout!r}")
-        self._conn: LoopBound[psycopg.AsyncConnection[Any]] = LoopBound(self._connect, _discard)
+        if isinstance(max_connections, bool) or not isinstance(max_connections, int):
+            raise TypeError(f"tether: max_connections is an int, got {max_connections!r:.40}")
+        if max_connections < 1:
+            raise ValueError(f"tether: max_connections must be >= 1, got {max_connections}")
+        self._pool: LoopPool[psycopg.AsyncConnection[Any]] = LoopPool(
+            self._connect, _discard, max_connections
+        )
 
     def __repr__(self) -> str:
         return f"PostgresStore(table={self._table!r}, lease={self.lease:g})"
@@ -105,25 +113,20 @@ class PostgresStore(Store):
 
     async def _run(self, op: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]]) -> T:
         pg = self._psycopg
-        async with self._conn.lock():
-            try:
-                async with asyncio.timeout(self._timeout):
-                    conn = await self._conn.get()
-                    return await op(conn)
-            except (pg.Error, OSError, TimeoutError) as e:
-                self._conn.drop()  # unknown state: reconnect next time
-                raise StoreError(f"tether: PostgreSQL store: {e or type(e).__name__}") from e
-            except BaseException:
-                self._conn.drop()  # cancelled mid-query: the connection is unusable
-                raise
+        try:
+            async with asyncio.timeout(self._timeout), self._pool.conn() as conn:
+                return await op(conn)
+        except (pg.Error, OSError, TimeoutError) as e:
+            # the pool discarded the connection (unknown state): the next use opens one
+            raise StoreError(f"tether: PostgreSQL store: {e or type(e).__name__}") from e
 
     async def begin(self, key: str, fingerprint: str, token: str) -> Claim:
         """Take ``key`` for ``token`` unless it is running or done; report what it found.
 
-        A replay is one ``SELECT``; taking a key is one short transaction with a row
-        lock. Blocks (suspends) until then (at most ``timeout``); not idempotent (a
-        second call finds the key running); thread-safe. No context, none ended.
-        Raises ``StoreError``.
+        A replay is one ``SELECT``; a new key one ``INSERT`` more; a lapsed key a short
+        transaction with a row lock. Blocks (suspends) until then (at most ``timeout``);
+        not idempotent (a second call finds the key running); thread-safe. No context,
+        none ended. Raises ``StoreError``.
         """
         t = self._table
         sel = (
@@ -137,7 +140,7 @@ class PostgresStore(Store):
             row = await (await conn.execute(sel, (key,))).fetchone()
             if row is not None and row[3] > 0:
                 return _claim(row)
-            async with conn.transaction():
+            if row is None:  # a new key: one atomic statement takes it
                 cur = await conn.execute(
                     f"INSERT INTO {t} (key, fingerprint, token, done, until) VALUES"
                     " (%s, %s, %s, false, clock_timestamp() + make_interval(secs => %s))"
@@ -146,8 +149,10 @@ class PostgresStore(Store):
                 )
                 if cur.rowcount == 1:
                     return Claim("acquired", fingerprint)
+            # lapsed (or just taken by another): lock the row, re-check, take it over
+            async with conn.transaction():
                 row = await (await conn.execute(sel + " FOR UPDATE", (key,))).fetchone()
-                if row is not None and row[3] > 0:  # re-checked under the row lock
+                if row is not None and row[3] > 0:
                     return _claim(row)
                 await conn.execute(
                     f"INSERT INTO {t} (key, fingerprint, token, done, until) VALUES"
@@ -211,26 +216,24 @@ class PostgresStore(Store):
         return await self._rowcount(sql, ())
 
     async def aclose(self) -> None:
-        """Close the connection of the running loop (reopened if used again).
+        """Close the idle connections of the running loop (reopened if used again).
 
-        Blocks (suspends) while closing; idempotent; thread-safe, from the loop that used
-        the store. No context, none ended. Raises nothing.
+        Blocks (suspends) while closing; idempotent; thread-safe, from the loop that
+        used the store. No context, none ended. Raises nothing.
         """
-        async with self._conn.lock():
-            conn = self._conn.forget()
-            if conn is not None:
-                try:
-                    await conn.close()
-                except Exception:  # pragma: no cover - closing a broken connection
-                    pass
+        for conn in self._pool.take_free():
+            try:
+                await conn.close()
+            except Exception:  # pragma: no cover - closing a broken connection
+                pass
 
     def close(self) -> None:
-        """Close the connection without its event loop (e.g. after it stopped).
+        """Close the idle connections without their event loop (e.g. after it stopped).
 
-        Non-blocking beyond closing the socket; idempotent; thread-safe. No context, none
-        ended. Raises nothing.
+        Non-blocking beyond closing the sockets; idempotent; thread-safe. No context,
+        none ended. Raises nothing.
         """
-        self._conn.drop()
+        self._pool.drop()
 
 
 def _discard(conn: psycopg.AsyncConnection[Any]) -> None:
