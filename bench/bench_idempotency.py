@@ -44,7 +44,9 @@ from tether import idempotency  # noqa: E402
 
 PG = os.environ.get("TETHER_BENCH_PG", "host=127.0.0.1 port=5432 user=postgres dbname=test")
 REDIS = os.environ.get("TETHER_BENCH_REDIS", "redis://127.0.0.1:6379/0")
-TAG = f"{os.getpid()}"
+# the servers are subprocesses: they inherit the parent's tag, so cleanup() finds their
+# table and keys
+TAG = os.environ.setdefault("TETHER_BENCH_TAG", str(os.getpid()))
 TABLE = f"tether_idem_bench_{TAG}"
 PREFIX = f"tether:idem:bench:{TAG}:"
 TARGETS = {"sqlite": 1.0, "redis": 2.0}  # ms added at p50
