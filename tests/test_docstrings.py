@@ -12,6 +12,7 @@ import inspect
 import pytest
 
 import tether
+from tether import propagation
 
 CHECKLIST = {
     "blocking": ("block",),
@@ -33,10 +34,20 @@ NOT_CALLS = {
 }
 
 
+# Public modules beyond the package root whose callables are checked too.
+MODULES = [(tether, ""), (propagation, "propagation.")]
+
+
 def public_callables():
-    for name in tether.__all__:
-        obj = getattr(tether, name)
-        if name in NOT_CALLS:
+    for module, prefix in MODULES:
+        for name, obj in _members(module):
+            yield prefix + name, obj
+
+
+def _members(module):
+    for name in module.__all__:
+        obj = getattr(module, name)
+        if name in NOT_CALLS or name.isupper():
             continue
         if inspect.isclass(obj):
             for attr, member in vars(obj).items():
