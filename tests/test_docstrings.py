@@ -13,6 +13,9 @@ import pytest
 
 import tether
 from tether import propagation
+from tether.integrations import asgi as asgi_integration
+from tether.integrations import httpx as httpx_integration
+from tether.integrations import requests as requests_integration
 
 CHECKLIST = {
     "blocking": ("block",),
@@ -35,7 +38,13 @@ NOT_CALLS = {
 
 
 # Public modules beyond the package root whose callables are checked too.
-MODULES = [(tether, ""), (propagation, "propagation.")]
+MODULES = [
+    (tether, ""),
+    (propagation, "propagation."),
+    (asgi_integration, "integrations.asgi."),
+    (httpx_integration, "integrations.httpx."),
+    (requests_integration, "integrations.requests."),
+]
 
 
 def public_callables():
