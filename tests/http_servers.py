@@ -117,7 +117,9 @@ def serve(
             in_parent(wsgi_server.run)
 
         def stop() -> None:
+            wsgi_server.task_dispatcher.shutdown(timeout=10)  # joins its worker threads
             wsgi_server.close()
+            wsgi_server._map.clear()  # the asyncore loop runs while its map has entries
 
     else:
         raise ValueError(kind)

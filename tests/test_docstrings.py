@@ -14,8 +14,10 @@ import pytest
 import tether
 from tether import propagation
 from tether.integrations import asgi as asgi_integration
+from tether.integrations import fastapi as fastapi_integration
 from tether.integrations import httpx as httpx_integration
 from tether.integrations import requests as requests_integration
+from tether.integrations import wsgi as wsgi_integration
 
 CHECKLIST = {
     "blocking": ("block",),
@@ -34,6 +36,7 @@ NOT_CALLS = {
     "LostCancelWarning",
     "Key",
     "Scope",
+    "RequestContext",  # an Annotated dependency alias
 }
 
 
@@ -44,6 +47,8 @@ MODULES = [
     (asgi_integration, "integrations.asgi."),
     (httpx_integration, "integrations.httpx."),
     (requests_integration, "integrations.requests."),
+    (fastapi_integration, "integrations.fastapi."),
+    (wsgi_integration, "integrations.wsgi."),
 ]
 
 

@@ -53,7 +53,8 @@ async def request_context_dependency(connection: HTTPConnection) -> Context:
 
     ``async`` so that FastAPI runs it on the event loop, not in its thread pool.
 
-    Non-blocking; the same context on every call for one request; safe from any task.
+    Non-blocking; the same context on every call for one request; thread-safe (it only
+    reads the scope).
     Returns the context even if it already ended. Raises ``LookupError`` when
     ``ContextMiddleware`` did not run for the request.
     """
