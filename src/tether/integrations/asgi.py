@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -75,6 +76,7 @@ STATE_KEY = "tether.context"
 log = logging.getLogger("tether.asgi")
 
 _READ_AHEAD = 64 * 1024  # body bytes buffered ahead of the handler
+_WATCH_AFTER = 0.01  # seconds into a request before listening for a disconnect
 
 
 class ClientDisconnected(ConnectionError):
@@ -111,46 +113,133 @@ def request_context(scope: Scope | Any) -> Context:
     return ctx
 
 
-class _Reader:
-    """Reads the request ahead of the app, to hear a disconnect while the app works."""
+class _Watch:
+    """One event loop's readers waiting to start reading: one timer for all of them.
 
-    __slots__ = ("_buf", "_buffered", "_more", "_receive", "_room", "disconnected", "on_gone")
+    A request's reader starts ``_WATCH_AFTER`` seconds after it was registered (a
+    per-request ``call_later`` cost more than the rest of the middleware's bookkeeping).
+    Readers are kept in registration order, so the oldest is first; the timer is armed
+    for the oldest only, and only while there is one.
+    """
+
+    __slots__ = ("handle", "loop", "waiting")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.waiting: dict[_Reader, float] = {}  # reader -> when registered (loop time)
+        self.handle: asyncio.TimerHandle | None = None
+
+    def add(self, reader: _Reader) -> None:
+        now = self.loop.time()
+        self.waiting[reader] = now
+        if self.handle is None:
+            self.handle = self.loop.call_at(now + _WATCH_AFTER, self.tick)
+
+    def tick(self) -> None:
+        self.handle = None
+        due = self.loop.time() - _WATCH_AFTER
+        waiting = self.waiting
+        while waiting:
+            reader = next(iter(waiting))
+            since = waiting[reader]
+            if since > due:
+                self.handle = self.loop.call_at(since + _WATCH_AFTER, self.tick)
+                return
+            del waiting[reader]
+            reader.start()
+
+
+_watches: dict[asyncio.AbstractEventLoop, _Watch] = {}
+_watches_lock = threading.Lock()  # protects _watches (several servers, several threads)
+
+
+def _watch() -> _Watch:
+    loop = asyncio.get_running_loop()
+    w = _watches.get(loop)
+    if w is None:
+        with _watches_lock:
+            for old in [lp for lp in _watches if lp.is_closed()]:
+                del _watches[old]
+            w = _watches[loop] = _Watch(loop)
+    return w
+
+
+class _Reader:
+    """Reads the request ahead of the app, to hear a disconnect while the app works.
+
+    Reading starts ``_WATCH_AFTER`` seconds into the request (see ``_Watch``), or when
+    the app first calls ``receive``, whichever is first: most requests are over before
+    that and never pay for a task.
+    """
+
+    __slots__ = ("__weakref__", "_buf", "_buffered", "_more", "_receive", "_room", "_watch",
+                 "disconnected", "on_gone", "task")  # fmt: skip
 
     def __init__(self, receive: Receive, on_gone: Callable[[], None]) -> None:
         self._receive = receive
         self.on_gone = on_gone
         self._buf: deque[Message] = deque()
         self._buffered = 0
-        self._more = asyncio.Event()  # set when _buf has a message or the client left
-        self._room = asyncio.Event()  # set while fewer than _READ_AHEAD bytes wait
-        self._room.set()
+        self._more: asyncio.Event | None = None  # set when _buf has a message or the client left
+        self._room: asyncio.Event | None = None  # set while fewer than _READ_AHEAD bytes wait
         self.disconnected = False
+        self.task: asyncio.Task[None] | None = None
+        self._watch = _watch()
+        self._watch.add(self)
 
-    async def pump(self) -> None:
+    def start(self) -> None:
+        if self.task is None:
+            self._watch.waiting.pop(self, None)
+            self._more = asyncio.Event()
+            self._room = asyncio.Event()
+            self._room.set()
+            self.task = self._watch.loop.create_task(self._pump())
+
+    async def stop(self) -> None:
+        """Stop reading (the response is over); wait until the task has finished."""
+        task = self.task
+        if task is None:
+            self._watch.waiting.pop(self, None)
+            return
+        task.cancel()
+        await asyncio.wait((task,))
+        if not task.cancelled() and task.exception() is not None:
+            # the server's receive failed: not the app's business, nor ours
+            log.debug("receive failed", exc_info=task.exception())
+
+    async def _pump(self) -> None:
+        more, room = self._more, self._room
+        assert more is not None
+        assert room is not None
         while True:
-            await self._room.wait()
+            await room.wait()
             msg = await self._receive()
             if msg.get("type") == "http.disconnect":
                 self.disconnected = True
-                self._more.set()
+                more.set()
                 self.on_gone()
                 return
             self._buf.append(msg)
             self._buffered += len(msg.get("body", b""))
             if self._buffered >= _READ_AHEAD:
-                self._room.clear()
-            self._more.set()
+                room.clear()
+            more.set()
 
     async def __call__(self) -> Message:
+        if self.task is None:
+            self.start()
+        more, room = self._more, self._room
+        assert more is not None
+        assert room is not None
         while not self._buf:
             if self.disconnected:
                 return {"type": "http.disconnect"}
-            self._more.clear()
-            await self._more.wait()
+            more.clear()
+            await more.wait()
         msg = self._buf.popleft()
         self._buffered -= len(msg.get("body", b""))
         if self._buffered < _READ_AHEAD:
-            self._room.set()
+            room.set()
         return msg
 
 
@@ -232,8 +321,6 @@ class ContextMiddleware:
             if not finished:
                 cancel(ClientDisconnected("the client disconnected"))
 
-        reader = _Reader(receive, gone)
-
         async def send_(message: Message) -> None:
             nonlocal started, finished, status
             t = message["type"]
@@ -252,7 +339,7 @@ class ContextMiddleware:
             cancel()
             await self._refuse(scope, send, ctx.err(), rid, t0)  # type: ignore[arg-type]
             return
-        pump = asyncio.ensure_future(reader.pump())
+        reader = _Reader(receive, gone)
         try:
             async with req:
                 await self.app(scope, reader, send_)
@@ -288,11 +375,7 @@ class ContextMiddleware:
                 return
             await self._refuse(scope, send, err, rid, t0)
         finally:
-            pump.cancel()
-            await asyncio.wait((pump,))
-            if not pump.cancelled() and pump.exception() is not None:
-                # the server's receive failed: not the app's business, nor ours
-                log.debug("receive failed", exc_info=pump.exception())
+            await reader.stop()
 
     @staticmethod
     async def _refuse(scope: Scope, send: Send, err: ContextError, rid: str, t0: float) -> None:
