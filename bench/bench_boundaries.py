@@ -114,9 +114,16 @@ def free_socket() -> socket.socket:
     return s
 
 
+def _pin(cpu: int) -> list[str]:
+    """Server on CPU 0, wrk on CPU 1 (when there are two and taskset exists)."""
+    if (os.cpu_count() or 1) >= 2 and shutil.which("taskset"):
+        return ["taskset", "-c", str(cpu)]
+    return []
+
+
 def wrk_run(port: int, seconds: float, connections: int) -> float:
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", f"http://127.0.0.1:{port}/"],
+        [*_pin(1), "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", f"http://127.0.0.1:{port}/"],
         capture_output=True,
         text=True,
         check=True,
@@ -136,7 +143,7 @@ def serve_variant(variant: str, seconds: float, connections: int) -> float:
     # TCP_NODELAY (Nagle + delayed ACKs: ~40 ms per response).
     with free_socket() as s:
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "uvicorn", "--factory", f"{APP_MODULE}:{variant}",
+    cmd = [*_pin(0), sys.executable, "-m", "uvicorn", "--factory", f"{APP_MODULE}:{variant}",
            "--host", "127.0.0.1", "--port", str(port), "--http", "httptools",
            "--loop", "asyncio", "--log-level", "warning", "--no-access-log",
            "--lifespan", "off", "--app-dir", str(ROOT / "bench")]  # fmt: skip
