@@ -41,7 +41,8 @@ reaches this middleware (and becomes a 504) before Starlette's error handler cou
 it into a 500. Wrapping the whole Starlette app instead puts ``ServerErrorMiddleware``
 inside, and such an escape would become a 500.
 
-The ``asgi`` extra installs nothing: the middleware needs only the standard library.
+The middleware runs on asyncio (uvicorn; hypercorn's asyncio and uvloop workers), not
+on Trio. The ``asgi`` extra installs nothing: it needs only the standard library.
 
 Added in 0.1.
 """
