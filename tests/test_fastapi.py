@@ -136,6 +136,11 @@ def test_without_the_middleware_the_dependency_names_it():
         logger.addHandler(handler_)  # after uvicorn configured its logging
         try:
             r = httpx.get(url + "/")
+            # uvicorn logs the exception after the 500 went out: wait for the record
+            for _ in range(200):
+                if any(rec.exc_info for rec in records):
+                    break
+                time.sleep(0.01)
         finally:
             logger.removeHandler(handler_)
     assert r.status_code == 500
