@@ -12,6 +12,12 @@ import inspect
 import pytest
 
 import tether
+from tether import propagation
+from tether.integrations import asgi as asgi_integration
+from tether.integrations import fastapi as fastapi_integration
+from tether.integrations import httpx as httpx_integration
+from tether.integrations import requests as requests_integration
+from tether.integrations import wsgi as wsgi_integration
 
 CHECKLIST = {
     "blocking": ("block",),
@@ -30,13 +36,32 @@ NOT_CALLS = {
     "LostCancelWarning",
     "Key",
     "Scope",
+    "RequestContext",  # an Annotated dependency alias
 }
 
 
+# Public modules beyond the package root whose callables are checked too.
+MODULES = [
+    (tether, ""),
+    (propagation, "propagation."),
+    (asgi_integration, "integrations.asgi."),
+    (httpx_integration, "integrations.httpx."),
+    (requests_integration, "integrations.requests."),
+    (fastapi_integration, "integrations.fastapi."),
+    (wsgi_integration, "integrations.wsgi."),
+]
+
+
 def public_callables():
-    for name in tether.__all__:
-        obj = getattr(tether, name)
-        if name in NOT_CALLS:
+    for module, prefix in MODULES:
+        for name, obj in _members(module):
+            yield prefix + name, obj
+
+
+def _members(module):
+    for name in module.__all__:
+        obj = getattr(module, name)
+        if name in NOT_CALLS or name.isupper():
             continue
         if inspect.isclass(obj):
             for attr, member in vars(obj).items():

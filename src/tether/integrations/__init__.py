@@ -10,4 +10,12 @@ install (``pip install 'tether[name]'``).
   conn)`` stops a query or a blocking command (on the server where there is one) when
   the context ends, and raises the context's error (extras of the same names; see
   docs/io.md).
+- ``tether.integrations.asgi``: ``ContextMiddleware`` for any ASGI app (extra ``asgi``,
+  standard library only).
+- ``tether.integrations.fastapi``: the ``RequestContext`` dependency (extra ``fastapi``).
+- ``tether.integrations.wsgi``: ``ContextMiddleware`` and ``init_flask`` for WSGI apps
+  (extra ``wsgi``, standard library only).
+- ``tether.integrations.httpx``: ``ContextTransport``/``AsyncContextTransport``
+  (extra ``httpx``).
+- ``tether.integrations.requests``: ``ContextAdapter`` (extra ``requests``).
 """
