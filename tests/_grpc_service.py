@@ -73,6 +73,7 @@ class Service:
         self.name = name
         self.events: queue.Queue[Event] = queue.Queue()
         self.calls = 0
+        self.blocked = threading.Event()  # set when a handler starts waiting on its context
         self.channels: dict[str, grpc.Channel] = {}
         self._lock = threading.Lock()
 
@@ -92,6 +93,7 @@ class Service:
         ctx = tether.current()
         started = time.monotonic()
         seen = info(sctx)
+        self.blocked.set()
         ctx.done().wait(10)
         self.events.put(Event("wait", ctx, started))
         ctx.check()
@@ -119,6 +121,7 @@ class Service:
         ctx = tether.current()
         started = time.monotonic()
         yield dumps(info(sctx))
+        self.blocked.set()
         ctx.done().wait(10)
         self.events.put(Event("wait_stream", ctx, started))
         ctx.check()
@@ -135,6 +138,7 @@ class Service:
             if loads(r) == "wait":
                 ctx = tether.current()
                 started = time.monotonic()
+                self.blocked.set()
                 ctx.done().wait(10)
                 self.events.put(Event("chat", ctx, started))
                 ctx.check()
@@ -229,6 +233,7 @@ class AioService(Service):
         started = time.monotonic()
         seen = info(sctx)
         try:
+            self.blocked.set()
             await asyncio.wait_for(ctx.done(), 10)
         finally:
             self.events.put(Event("wait", ctx, started))
@@ -241,6 +246,7 @@ class AioService(Service):
         ctx = tether.current()
         started = time.monotonic()
         try:
+            self.blocked.set()
             await asyncio.sleep(10)
         finally:
             self.events.put(Event("sleep", ctx, started))
@@ -260,6 +266,7 @@ class AioService(Service):
         started = time.monotonic()
         yield dumps(info(sctx))
         try:
+            self.blocked.set()
             await asyncio.sleep(10)
         finally:
             self.events.put(Event("wait_stream", ctx, started))
@@ -284,6 +291,7 @@ class AioService(Service):
                 ctx = tether.current()
                 started = time.monotonic()
                 try:
+                    self.blocked.set()
                     await asyncio.sleep(10)
                 finally:
                     self.events.put(Event("chat", ctx, started))

@@ -67,7 +67,7 @@ def test_server_context_takes_the_call_deadline_and_request_id(server):
     with channel(addr) as ch:
         got = loads(uu(ch, "Info")(b"", timeout=2.0, metadata=(("x-request-id", "req-1"),)))
     assert got["request_id"] == "req-1"
-    assert 1.5 < got["remaining"] <= 2.0
+    assert 1.5 < got["remaining"] <= 2.02  # a bare client: grpc-core rounds 2 s up
     # the context's deadline is the call's (within the time between the two reads)
     assert abs(got["remaining"] - got["time_remaining"]) < 0.05
 
@@ -99,7 +99,7 @@ def test_server_all_four_arities_see_their_context(server):
     for got in [a, *b, c, *d]:
         assert got["request_id"] == "four"
         # a bare grpcio client: grpc-core rounds 5 s up by up to 10 ms (see below)
-        assert 4 < got["remaining"] <= 5.011
+        assert 4 < got["remaining"] <= 5.02
         assert got["live"]
     assert [x["i"] for x in b] == [0, 1, 2]
     assert c["n"] == 2
@@ -123,7 +123,7 @@ def test_client_cancel_ends_the_server_context(server):
     svc, addr = server
     with channel(addr) as ch:
         fut = uu(ch, "Wait").future(b"")
-        time.sleep(0.2)
+        assert svc.blocked.wait(5)
         t0 = time.monotonic()
         assert fut.cancel()
         ev = svc.events.get(timeout=5)
@@ -136,7 +136,8 @@ def test_client_cancel_ends_a_streaming_handler(server):
     svc, addr = server
     with channel(addr) as ch:
         it = ch.unary_stream(M + "WaitStream")(b"")
-        next(it)  # the handler is now blocked after its first message
+        next(it)
+        assert svc.blocked.wait(5)  # the handler is blocked after its first message
         t0 = time.monotonic()
         it.cancel()
         ev = svc.events.get(timeout=5)
@@ -377,7 +378,7 @@ def test_client_future_is_cancelled_when_the_context_ends(client):
     sc = tether.with_cancel(tether.background())
     with sc:
         fut = uu(ch, "Wait").future(b"")
-        time.sleep(0.2)
+        assert svc.blocked.wait(5)
         t0 = time.monotonic()
         sc.cancel(ValueError("caller gone"))
         with pytest.raises(tether.Canceled) as ei:
@@ -396,6 +397,7 @@ def test_client_stream_is_cancelled_when_the_context_ends(client):
     with sc:
         it = ch.unary_stream(M + "WaitStream")(b"")
         assert loads(next(it))["live"]
+        assert svc.blocked.wait(5)
         timer = threading.Timer(0.1, sc.cancel)
         timer.start()
         t0 = time.monotonic()
@@ -415,6 +417,7 @@ def test_client_bidi_stream_budget_and_cancel(client):
         got = loads(next(it))
         assert got["request_id"] == "bidi"
         assert got["remaining"] <= 5
+        assert svc.blocked.wait(5)
         timer = threading.Timer(0.1, sc.cancel)
         timer.start()
         with pytest.raises(tether.Canceled):
@@ -559,7 +562,7 @@ def test_chain_cancel_reaches_the_leaf(chain, capsys):
     sc = tether.with_cancel(tether.background())
     with sc:
         fut = uu(ch, "Relay").future(req)
-        time.sleep(0.1)
+        assert leaf.blocked.wait(5)
         t0 = time.monotonic()
         sc.cancel()
         with pytest.raises(tether.Canceled):

@@ -293,9 +293,22 @@ class _Call(grpc.Call, grpc.Future):  # type: ignore[type-arg]
         self._clamped = clamped
         self._stop: Callable[[], bool] | None = None
         if not call.done():
-            stop = after_func(ctx, call.cancel)
+            # An after_func worker may hold its last callback for a while: give it a
+            # box that is emptied when the call ends, not the call (and its channel).
+            box = [call]
+
+            def cancel_call() -> None:
+                if box:
+                    box[0].cancel()
+
+            stop = after_func(ctx, cancel_call)
             self._stop = stop
-            call.add_done_callback(lambda _f: stop())
+
+            def ended(_f: Any) -> None:
+                stop()
+                box.clear()
+
+            call.add_done_callback(ended)
 
     def _translated(self, e: BaseException) -> BaseException:
         err = translate(self._ctx, _code_name(e), self._clamped)

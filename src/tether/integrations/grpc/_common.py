@@ -58,6 +58,14 @@ _GRID: Final = (
 )
 _COARSEST: Final = 6_000.0  # 100-minute steps; hour steps are finer
 
+SERVER_LEAD: Final = 0.001
+"""A handler's context ends this much before grpcio's deadline for the call (seconds).
+
+grpc-core's deadline timer and tether's race at the same instant; whichever fires first
+decides whether the handler sees ``DeadlineExceeded`` (tether's timer) or a cancelled
+RPC. Ending the context first makes it ``DeadlineExceeded``, as in Go.
+"""
+
 
 def wire_timeout(budget: float) -> float:
     """The timeout to give grpcio so the ``grpc-timeout`` it sends is at most ``budget``.
@@ -162,14 +170,16 @@ def server_scope(
 ) -> Scope:
     """An inbound call's context: ``extract`` over its metadata plus its gRPC deadline.
 
-    The gRPC deadline is presented to ``extract`` as a ``grpc-timeout`` header, so the
+    The gRPC deadline (less ``SERVER_LEAD``) is presented to ``extract`` as a
+    ``grpc-timeout`` header, so the
     policy (``max_timeout`` unless trusted, ``min_timeout``, ``default_timeout`` when the
     caller set none) applies to it as to any header; a budget a client also sent in
     ``x-request-timeout`` metadata is honoured if smaller.
     """
     headers: list[Any] = list(metadata) if metadata else []
     if remaining is not None and remaining < NO_DEADLINE:
-        headers.append((propagation.GRPC_TIMEOUT_HEADER, propagation.encode_timeout(remaining)))
+        budget = propagation.encode_timeout(remaining - SERVER_LEAD)
+        headers.append((propagation.GRPC_TIMEOUT_HEADER, budget))
     return propagation.extract(background(), headers, peer=peer_ip(peer), policy=policy)
 
 

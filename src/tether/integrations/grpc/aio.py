@@ -90,6 +90,17 @@ async def _abort(sctx: Any, err: ContextError) -> None:
     await sctx.abort(grpc.StatusCode[status_name(err)], str(err))
 
 
+def _rpc_cancelled(scope: Scope, sctx: Any) -> None:
+    """grpc.aio cancels the handler's task when the RPC ends early (client cancel, lost
+    connection, deadline, server stop), before it runs the RPC's done callbacks and
+    while ``sctx.cancelled()`` is still false: record why on the context before the
+    scope's exit ends it. (An interrupt by the context itself has already ended it.)"""
+    ctx, cancel = scope
+    if ctx.err() is None:
+        tr = sctx.time_remaining()
+        cancel(DeadlineExceeded() if tr is not None and tr <= 0 else ClientCancelled())
+
+
 def _unary(behavior: Any, policy: _Policy) -> Any:
     if not inspect.iscoroutinefunction(behavior):
         return behavior
@@ -98,7 +109,11 @@ def _unary(behavior: Any, policy: _Policy) -> Any:
         scope = _begin(sctx, policy)
         try:
             async with scope:
-                return await behavior(request, sctx)
+                try:
+                    return await behavior(request, sctx)
+                except asyncio.CancelledError:
+                    _rpc_cancelled(scope, sctx)
+                    raise
         except ContextError as e:
             await _abort(sctx, e)
 
@@ -113,8 +128,12 @@ def _streaming(behavior: Any, policy: _Policy) -> Any:
             scope = _begin(sctx, policy)
             try:
                 async with scope, contextlib.aclosing(behavior(request, sctx)) as responses:
-                    async for response in responses:
-                        await sctx.write(response)
+                    try:
+                        async for response in responses:
+                            await sctx.write(response)
+                    except asyncio.CancelledError:
+                        _rpc_cancelled(scope, sctx)
+                        raise
             except ContextError as e:
                 await _abort(sctx, e)
 
@@ -203,18 +222,24 @@ class _Watch:
         self.clamped = clamped
         self.by_ctx = False
         self.loop = asyncio.get_running_loop()
-        stop = after_func(ctx, self._from_thread)
-        self.stop = stop
-        call.add_done_callback(lambda _c: stop())
+        self.stop = after_func(ctx, self._from_thread)
+        call.add_done_callback(self._done)
+
+    def _done(self, _call: Any) -> None:
+        self.stop()
+        # An after_func worker may hold its last callback (this watch) for a while:
+        # do not let it keep the call, and through it the channel, alive.
+        self.call = None
 
     def _from_thread(self) -> None:  # an after_func worker: hop onto the call's loop
         with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to cancel
             self.loop.call_soon_threadsafe(self._cancel)
 
     def _cancel(self) -> None:
-        if not self.call.done():
+        call = self.call
+        if call is not None and not call.done():
             self.by_ctx = True
-            self.call.cancel()
+            call.cancel()
 
     def error(self, e: BaseException) -> BaseException | None:
         """The tether error to raise instead of ``e``, or ``None`` to re-raise ``e``."""
