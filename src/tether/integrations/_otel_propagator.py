@@ -143,7 +143,11 @@ class TetherPropagator(TextMapPropagator):
 
     @property
     def fields(self) -> set[str]:
-        """The header names ``inject`` may write. Non-blocking; thread-safe; raises nothing."""
+        """The header names ``inject`` may write: the same set on every call.
+
+        Non-blocking; thread-safe; no context involved, so none can have already ended.
+        Raises nothing.
+        """
         return {propagation.REQUEST_ID_HEADER, propagation.TIMEOUT_HEADER}
 
 

@@ -75,7 +75,12 @@ def wire_timeout(budget: float) -> float:
     up to a millisecond. Passing ``budget`` as it is would let a server see up to one
     step more than the caller had left. The result is ``budget`` rounded *down* to its
     step, minus ``GRPC_SLACK``: whatever grpc-core adds then rounds up to at most that
-    grid point. Never negative. Pure; thread-safe; raises nothing.
+    grid point. Never negative.
+
+    Non-blocking; pure (the same result on every call); thread-safe. No context is
+    involved, so none can have already ended. Raises nothing for a float.
+
+    Added in 0.1.
     """
     step = _COARSEST
     for limit, s in _GRID:
