@@ -6,8 +6,8 @@ from __future__ import annotations
 import inspect
 
 import pytest
-from test_docstrings import CHECKLIST
 
+from test_docstrings import CHECKLIST
 from tether.integrations import grpc as tgrpc
 from tether.integrations import otel
 from tether.integrations.grpc import aio as tgrpc_aio
