@@ -13,6 +13,11 @@ import pytest
 
 import tether
 from tether import propagation
+from tether.integrations import asgi as asgi_integration
+from tether.integrations import fastapi as fastapi_integration
+from tether.integrations import httpx as httpx_integration
+from tether.integrations import requests as requests_integration
+from tether.integrations import wsgi as wsgi_integration
 
 CHECKLIST = {
     "blocking": ("block",),
@@ -31,11 +36,20 @@ NOT_CALLS = {
     "LostCancelWarning",
     "Key",
     "Scope",
+    "RequestContext",  # an Annotated dependency alias
 }
 
 
 # Public modules beyond the package root whose callables are checked too.
-MODULES = [(tether, ""), (propagation, "propagation.")]
+MODULES = [
+    (tether, ""),
+    (propagation, "propagation."),
+    (asgi_integration, "integrations.asgi."),
+    (httpx_integration, "integrations.httpx."),
+    (requests_integration, "integrations.requests."),
+    (fastapi_integration, "integrations.fastapi."),
+    (wsgi_integration, "integrations.wsgi."),
+]
 
 
 def public_callables():
