@@ -354,6 +354,33 @@ def test_client_deadline_raises_tether_error_not_grpc(client):
     assert svc.events.get(timeout=5).err == "DeadlineExceeded"
 
 
+def test_client_deadline_error_is_raised_once_the_context_ended(client):
+    """grpcio's deadline fires up to margin + one grid step before the context's; the
+    error waits for the context so that what is raised is ``ctx.err()`` itself."""
+    _svc, ch = client
+    with tether.with_timeout(tether.background(), 0.3) as ctx:
+        with pytest.raises(tether.DeadlineExceeded):
+            uu(ch, "Wait").future(b"").result()
+        assert isinstance(ctx.err(), tether.DeadlineExceeded)
+
+
+def test_client_a_servers_own_deadline_stays_grpc():
+    """The server's policy ends the call long before the caller's budget: that is the
+    server's deadline, not the caller's; grpcio's error passes through, at once."""
+    svc = Service()
+    policy = propagation.Policy(max_timeout=0.2)
+    with serve(svc, [tgrpc.ServerInterceptor(policy)]) as addr:
+        with channel(addr, tgrpc.ClientInterceptor()) as ch:
+            with tether.with_timeout(tether.background(), 30) as ctx:
+                t0 = time.monotonic()
+                with pytest.raises(grpc.RpcError) as ei:
+                    uu(ch, "Wait")(b"")
+                assert ctx.err() is None
+    assert not isinstance(ei.value, tether.ContextError)
+    assert ei.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert time.monotonic() - t0 < 0.2 + 0.5
+
+
 def test_client_explicit_timeout_error_stays_grpc(client):
     """The caller's own shorter timeout is not the context's: grpcio's error stands."""
     svc, ch = client

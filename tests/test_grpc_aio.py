@@ -289,6 +289,30 @@ def test_client_deadline_raises_the_context_error():
     assert elapsed < 0.3 + 0.3
 
 
+def test_client_deadline_error_is_raised_once_the_context_ended():
+    async def fn(env):
+        with tether.with_timeout(tether.background(), 0.3) as ctx:
+            with pytest.raises(tether.DeadlineExceeded):
+                await env.uu("Wait")(b"")
+            return ctx.err()
+
+    assert isinstance(scenario(fn), tether.DeadlineExceeded)
+
+
+def test_client_a_servers_own_deadline_stays_grpc():
+    async def fn(env):
+        with tether.with_timeout(tether.background(), 30) as ctx:
+            t0 = time.monotonic()
+            with pytest.raises(grpc.aio.AioRpcError) as ei:
+                await env.uu("Sleep")(b"")
+            return ei.value.code(), ctx.err(), time.monotonic() - t0
+
+    code, err, took = scenario(fn, policy=propagation.Policy(max_timeout=0.2))
+    assert code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert err is None
+    assert took < 0.2 + 0.5
+
+
 def test_client_call_is_ended_the_moment_the_context_is_cancelled():
     async def fn(env):
         sc = tether.with_cancel(tether.background())

@@ -53,13 +53,15 @@ from ... import propagation
 from ..._context import Context, Scope, after_func, current
 from ..._errors import ContextError, DeadlineExceeded
 from ._common import (
+    LATE,
     ClientCancelled,
     check_policy,
+    classify,
+    ctx_error,
     outbound,
     resolve,
     server_scope,
     status_name,
-    translate,
     wire_timeout,
 )
 
@@ -285,12 +287,12 @@ class _Call(grpc.Call, grpc.Future):  # type: ignore[type-arg]
     the call.
     """
 
-    __slots__ = ("_call", "_clamped", "_ctx", "_stop")
+    __slots__ = ("_call", "_ctx", "_gap", "_stop")
 
-    def __init__(self, call: Any, ctx: Context, clamped: bool) -> None:
+    def __init__(self, call: Any, ctx: Context, gap: float | None) -> None:
         self._call = call
         self._ctx = ctx
-        self._clamped = clamped
+        self._gap = gap
         self._stop: Callable[[], bool] | None = None
         if not call.done():
             # An after_func worker may hold its last callback for a while: give it a
@@ -311,13 +313,16 @@ class _Call(grpc.Call, grpc.Future):  # type: ignore[type-arg]
             call.add_done_callback(ended)
 
     def _translated(self, e: BaseException) -> BaseException:
-        err = translate(self._ctx, _code_name(e), self._clamped)
-        if err is None:
+        kind = classify(self._ctx, _code_name(e), self._gap)
+        if kind is None:
             return e
+        if kind == "ending":  # grpcio's deadline fired first; the context's is next
+            left = self._ctx.remaining() or 0.0
+            self._ctx.done().wait(max(left, 0.0) + LATE)
+        err = ctx_error(self._ctx)
         err.__cause__ = e
         return err
 
-    # Future
     def _cancelled_by_ctx(self, e: BaseException) -> BaseException:
         # grpcio raises FutureCancelledError, not an RpcError, for a cancelled future
         if self._ctx.err() is None:
@@ -448,10 +453,10 @@ class ClientInterceptor(
         check_policy(policy)
         self._policy = policy
 
-    def _details(self, d: Any) -> tuple[_Details, Context, bool]:
+    def _details(self, d: Any) -> tuple[_Details, Context, float | None]:
         ctx = current()
-        timeout, md, clamped = outbound(ctx, d.timeout, d.metadata, resolve(self._policy))
-        return _Details(d, timeout, md), ctx, clamped
+        timeout, md, gap = outbound(ctx, d.timeout, d.metadata, resolve(self._policy))
+        return _Details(d, timeout, md), ctx, gap
 
     def intercept_unary_unary(
         self, continuation: Any, client_call_details: Any, request: Any
@@ -462,8 +467,8 @@ class ClientInterceptor(
         once. Raises the context's error (ended, or below ``policy.floor``) before
         sending.
         """
-        d, ctx, clamped = self._details(client_call_details)
-        return _Call(continuation(d, request), ctx, clamped)
+        d, ctx, gap = self._details(client_call_details)
+        return _Call(continuation(d, request), ctx, gap)
 
     def intercept_unary_stream(
         self, continuation: Any, client_call_details: Any, request: Any
@@ -473,8 +478,8 @@ class ClientInterceptor(
         Non-blocking; thread-safe; each call is intercepted once. Raises the context's
         error (ended, or below ``policy.floor``) before sending.
         """
-        d, ctx, clamped = self._details(client_call_details)
-        return _Call(continuation(d, request), ctx, clamped)
+        d, ctx, gap = self._details(client_call_details)
+        return _Call(continuation(d, request), ctx, gap)
 
     def intercept_stream_unary(
         self, continuation: Any, client_call_details: Any, request_iterator: Any
@@ -485,8 +490,8 @@ class ClientInterceptor(
         once. Raises the context's error (ended, or below ``policy.floor``) before
         sending.
         """
-        d, ctx, clamped = self._details(client_call_details)
-        return _Call(continuation(d, request_iterator), ctx, clamped)
+        d, ctx, gap = self._details(client_call_details)
+        return _Call(continuation(d, request_iterator), ctx, gap)
 
     def intercept_stream_stream(
         self, continuation: Any, client_call_details: Any, request_iterator: Any
@@ -496,5 +501,5 @@ class ClientInterceptor(
         Non-blocking; thread-safe; each call is intercepted once. Raises the context's
         error (ended, or below ``policy.floor``) before sending.
         """
-        d, ctx, clamped = self._details(client_call_details)
-        return _Call(continuation(d, request_iterator), ctx, clamped)
+        d, ctx, gap = self._details(client_call_details)
+        return _Call(continuation(d, request_iterator), ctx, gap)

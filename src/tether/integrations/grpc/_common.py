@@ -111,12 +111,14 @@ def grpc_core_encoding(timeout: float) -> float:
     return float(math.ceil(ms / 1000))  # pragma: no cover - coarser grids: see wire_timeout
 
 
-class ClientCancelled(Exception):
+class ClientCancelled(ConnectionError):
     """The cause of a server-side context whose RPC ended before its handler did.
 
     Recorded (``tether.cause(ctx)``) when the client cancelled the call or the
     connection was lost; ``ctx.err()`` is then ``tether.Canceled``. Not raised by
-    tether: it is a cause to inspect, e.g. to log a 499-style "client gone".
+    tether: it is a cause to inspect, e.g. to log a 499-style "client gone". A
+    ``ConnectionError``, like the ASGI middleware's ``ClientDisconnected``, so one
+    ``isinstance(tether.cause(ctx), ConnectionError)`` covers both transports.
 
     Added in 0.1.
     """
@@ -193,19 +195,20 @@ def outbound(
     timeout: float | None,
     metadata: Sequence[tuple[str, str | bytes]] | None,
     policy: propagation.Policy,
-) -> tuple[float | None, list[tuple[str, str | bytes]] | None, bool]:
-    """``(timeout, metadata, clamped)`` for an outbound call made under ``ctx``.
+) -> tuple[float | None, list[tuple[str, str | bytes]] | None, float | None]:
+    """``(timeout, metadata, gap)`` for an outbound call made under ``ctx``.
 
-    ``timeout`` is ``min(explicit, wire_timeout(remaining - margin))``; ``clamped`` says
-    the context's budget, not the explicit timeout, bounds the call. The request id is
-    added to the metadata unless the caller set one. Raises ``ctx``'s error if it
-    ended, and ``DeadlineExceeded`` when the budget after the margin is below
-    ``policy.floor`` (the call is not sent).
+    ``timeout`` is ``min(explicit, wire_timeout(remaining - margin))``. ``gap`` is
+    ``None`` when the explicit timeout bounds the call, else how long before the
+    context's deadline grpcio's will fire (the margin plus the rounding down). The
+    request id is added to the metadata unless the caller set one. Raises ``ctx``'s
+    error if it ended, and ``DeadlineExceeded`` when the budget after the margin is
+    below ``policy.floor`` (the call is not sent).
     """
     if ctx.err() is not None:
         ctx.check()
     remaining = ctx.remaining()
-    clamped = False
+    gap = None
     if remaining is not None:
         budget = remaining - policy.margin
         if budget < policy.floor:
@@ -219,34 +222,48 @@ def outbound(
         wire = wire_timeout(budget)
         if timeout is None or wire < timeout:
             timeout = wire
-            clamped = True
+            gap = remaining - wire
     rid = ctx.value(REQUEST_ID)
     if rid is not None:
         md = list(metadata) if metadata else []
         if not any(k == propagation.REQUEST_ID_HEADER for k, _ in md):
             md.append((propagation.REQUEST_ID_HEADER, rid))
-        return timeout, md, clamped
-    return timeout, list(metadata) if metadata is not None else None, clamped
+        return timeout, md, gap
+    return timeout, list(metadata) if metadata is not None else None, gap
 
 
-def translate(ctx: Context, code_name: str | None, clamped: bool) -> ContextError | None:
-    """The tether error to raise instead of a failed call's gRPC error, or ``None``.
+LATE: Final = 0.02
+"""How late grpc-core's deadline may fire and still be the context's (seconds)."""
 
-    ``code_name`` is the ``grpc.StatusCode`` name. If ``ctx`` ended and the call ended
-    ``CANCELLED`` or ``DEADLINE_EXCEEDED``, a fresh error of ``ctx``'s type; if the
-    call was bounded by ``ctx``'s budget and ended ``DEADLINE_EXCEEDED``, a fresh
-    ``DeadlineExceeded`` (the budget ran out; the context itself ends ``margin`` later).
+
+def classify(ctx: Context, code_name: str | None, gap: float | None) -> str | None:
+    """Whether a failed call's gRPC status is the context's doing.
+
+    ``"ended"``: ``ctx`` ended and the call ended ``CANCELLED``/``DEADLINE_EXCEEDED``.
+    ``"ending"``: the call was bounded by ``ctx``'s budget (``gap`` is not ``None``) and
+    ended ``DEADLINE_EXCEEDED`` within ``gap`` (+ ``LATE``) of ``ctx``'s deadline: grpcio's
+    deadline fired first, the context's follows within ``gap``. ``None``: something else
+    (a shorter explicit timeout, a server's own deadline, any other status): grpcio's
+    error stands.
     """
     if code_name not in ("CANCELLED", "DEADLINE_EXCEEDED"):
         return None
     if ctx.err() is not None:
-        try:
-            ctx.check()
-        except ContextError as e:
-            return e
-    if clamped and code_name == "DEADLINE_EXCEEDED":
-        return DeadlineExceeded()
+        return "ended"
+    if gap is not None and code_name == "DEADLINE_EXCEEDED":
+        left = ctx.remaining()
+        if left is not None and left <= gap + LATE:
+            return "ending"
     return None
+
+
+def ctx_error(ctx: Context) -> ContextError:
+    """A fresh error of ``ctx``'s type (``DeadlineExceeded`` if it has not ended yet)."""
+    try:
+        ctx.check()
+    except ContextError as e:
+        return e
+    return DeadlineExceeded()
 
 
 def status_name(err: BaseException) -> str:

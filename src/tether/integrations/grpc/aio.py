@@ -44,13 +44,15 @@ from ... import propagation
 from ..._context import Context, Scope, after_func, current
 from ..._errors import ContextError, DeadlineExceeded
 from ._common import (
+    LATE,
     ClientCancelled,
     check_policy,
+    classify,
+    ctx_error,
     outbound,
     resolve,
     server_scope,
     status_name,
-    translate,
 )
 
 __all__ = ["ClientCancelled", "ServerInterceptor", "client_interceptors"]
@@ -214,12 +216,12 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
 class _Watch:
     """Cancels one call when its context ends; translates how the call failed."""
 
-    __slots__ = ("by_ctx", "call", "clamped", "ctx", "loop", "stop")
+    __slots__ = ("by_ctx", "call", "ctx", "gap", "loop", "stop")
 
-    def __init__(self, call: Any, ctx: Context, clamped: bool) -> None:
+    def __init__(self, call: Any, ctx: Context, gap: float | None) -> None:
         self.call = call
         self.ctx = ctx
-        self.clamped = clamped
+        self.gap = gap
         self.by_ctx = False
         self.loop = asyncio.get_running_loop()
         self.stop = after_func(ctx, self._from_thread)
@@ -241,31 +243,44 @@ class _Watch:
             self.by_ctx = True
             call.cancel()
 
-    def error(self, e: BaseException) -> BaseException | None:
-        """The tether error to raise instead of ``e``, or ``None`` to re-raise ``e``."""
+    def classify(self, e: BaseException) -> str | None:
+        """``"ended"``/``"ending"`` if the context ended ``e``'s call (see ``classify``
+        in ``_common``), ``None`` to re-raise ``e``."""
         if isinstance(e, asyncio.CancelledError):
             task = asyncio.current_task()
             if not self.by_ctx or (task is not None and task.cancelling()):
                 return None  # the awaiting task itself is being cancelled
-            err: BaseException | None = translate(self.ctx, "CANCELLED", self.clamped)
-        elif isinstance(e, grpc.aio.AioRpcError):
-            code = e.code()
-            err = translate(self.ctx, getattr(code, "name", None), self.clamped)
-        else:
+            return classify(self.ctx, "CANCELLED", self.gap)
+        if isinstance(e, grpc.aio.AioRpcError):
+            return classify(self.ctx, getattr(e.code(), "name", None), self.gap)
+        return None
+
+    async def error(self, e: BaseException) -> BaseException | None:
+        """The context's error to raise instead of ``e``, or ``None`` to re-raise ``e``.
+
+        When grpcio's deadline fired first (``"ending"``), waits the few milliseconds
+        until the context's own deadline so that the error raised is the context's.
+        """
+        kind = self.classify(e)
+        if kind is None:
             return None
-        if err is not None:
-            err.__cause__ = e
+        if kind == "ending":
+            left = self.ctx.remaining() or 0.0
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.ctx.done(), max(left, 0.0) + LATE)
+        err = ctx_error(self.ctx)
+        err.__cause__ = e
         return err
 
 
-def _details(d: Any, policy: _Policy) -> tuple[grpc.aio.ClientCallDetails, Context, bool]:
+def _details(d: Any, policy: _Policy) -> tuple[grpc.aio.ClientCallDetails, Context, float | None]:
     ctx = current()
-    timeout, md, clamped = outbound(ctx, d.timeout, d.metadata, resolve(policy))
+    timeout, md, gap = outbound(ctx, d.timeout, d.metadata, resolve(policy))
     metadata = grpc.aio.Metadata(*md) if md is not None else None
     return (
         grpc.aio.ClientCallDetails(d.method, timeout, metadata, d.credentials, d.wait_for_ready),
         ctx,
-        clamped,
+        gap,
     )
 
 
@@ -282,7 +297,7 @@ class _UnaryResponse(grpc.aio.UnaryUnaryCall[Any, Any], grpc.aio.StreamUnaryCall
         try:
             return (yield from self._call.__await__())
         except (asyncio.CancelledError, grpc.aio.AioRpcError) as e:
-            err = self._watch.error(e)
+            err = yield from self._watch.error(e).__await__()
             if err is None:
                 raise
             raise err from e
@@ -331,7 +346,7 @@ async def _responses(call: Any, watch: _Watch) -> AsyncIterator[Any]:
         async for response in call:
             yield response
     except (asyncio.CancelledError, grpc.aio.AioRpcError) as e:
-        err = watch.error(e)
+        err = await watch.error(e)
         if err is None:
             raise
         raise err from e
@@ -348,36 +363,36 @@ class _UnaryUnary(_Base, grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(
         self, continuation: Any, client_call_details: Any, request: Any
     ) -> Any:
-        d, ctx, clamped = _details(client_call_details, self._policy)
+        d, ctx, gap = _details(client_call_details, self._policy)
         call = await continuation(d, request)
-        return _UnaryResponse(call, _Watch(call, ctx, clamped))
+        return _UnaryResponse(call, _Watch(call, ctx, gap))
 
 
 class _UnaryStream(_Base, grpc.aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(
         self, continuation: Any, client_call_details: Any, request: Any
     ) -> Any:
-        d, ctx, clamped = _details(client_call_details, self._policy)
+        d, ctx, gap = _details(client_call_details, self._policy)
         call = await continuation(d, request)
-        return _responses(call, _Watch(call, ctx, clamped))
+        return _responses(call, _Watch(call, ctx, gap))
 
 
 class _StreamUnary(_Base, grpc.aio.StreamUnaryClientInterceptor):
     async def intercept_stream_unary(
         self, continuation: Any, client_call_details: Any, request_iterator: Any
     ) -> Any:
-        d, ctx, clamped = _details(client_call_details, self._policy)
+        d, ctx, gap = _details(client_call_details, self._policy)
         call = await continuation(d, request_iterator)
-        return _UnaryResponse(call, _Watch(call, ctx, clamped))
+        return _UnaryResponse(call, _Watch(call, ctx, gap))
 
 
 class _StreamStream(_Base, grpc.aio.StreamStreamClientInterceptor):
     async def intercept_stream_stream(
         self, continuation: Any, client_call_details: Any, request_iterator: Any
     ) -> Any:
-        d, ctx, clamped = _details(client_call_details, self._policy)
+        d, ctx, gap = _details(client_call_details, self._policy)
         call = await continuation(d, request_iterator)
-        return _responses(call, _Watch(call, ctx, clamped))
+        return _responses(call, _Watch(call, ctx, gap))
 
 
 def client_interceptors(*, policy: _Policy = None) -> list[grpc.aio.ClientInterceptor]:
