@@ -6,4 +6,8 @@ install (``pip install 'tether[name]'``).
 
 - ``tether.integrations.tenacity``: tenacity stop/retry/sleep hooks that end retrying
   with a context (extra ``tenacity``).
+- ``tether.integrations.grpc`` and ``.grpc.aio``: server and client interceptors that
+  carry deadlines, cancellation and request ids over gRPC (extra ``grpc``).
+- ``tether.integrations.otel``: ``TetherPropagator``, tether's headers for
+  OpenTelemetry-instrumented clients (extra ``otel``).
 """
