@@ -2,9 +2,10 @@
 
 Run: ``python bench/bench_grpc.py [--quick] [--json PATH]``
 
-One server process-local on loopback, one channel per configuration, unary calls of a
-16-byte payload in a loop. Configurations, measured interleaved (round-robin over the
-repeats, so machine noise hits all of them alike):
+The servers run in a child process (as in production: the client's and the server's
+interceptors do not share one GIL), one server and one channel per configuration, unary
+calls of a 16-byte payload on loopback in a loop. Configurations, measured interleaved
+(round-robin over the repeats, so machine noise hits all of them alike):
 
 - ``bare``     no interceptor on either side (the baseline)
 - ``noop``     a pass-through client and server interceptor (grpcio's interceptor
@@ -32,6 +33,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -98,27 +100,78 @@ def request_context() -> tether.Scope:
 # --------------------------------------------------------------------------------------
 
 
-def sync_round_trips(n: int, repeats: int) -> dict[str, list[float]]:
-    """us per call for each configuration, one list entry per repeat."""
+SERVER_CONFIGS = ("bare", "noop", "tether")  # "manual" calls the bare server
+
+
+def serve_sync() -> list[Any]:
     pool = futures.ThreadPoolExecutor(4)
-    servers, calls = [], {}
-    configs = {
-        "bare": ([], []),
-        "manual": ([], []),
-        "noop": ([NoopServer()], [NoopClient()]),
-        "tether": ([tgrpc.ServerInterceptor()], [tgrpc.ClientInterceptor()]),
-    }
-    channels = []
-    for name, (sint, cint) in configs.items():
-        server = grpc.server(pool, handlers=[handler(echo)], interceptors=sint)
-        port = server.add_insecure_port("127.0.0.1:0")
+    ints = {"bare": [], "noop": [NoopServer()], "tether": [tgrpc.ServerInterceptor()]}
+    servers, ports = [], {}
+    for name in SERVER_CONFIGS:
+        server = grpc.server(pool, handlers=[handler(echo)], interceptors=ints[name])
+        ports[name] = server.add_insecure_port("127.0.0.1:0")
         server.start()
         servers.append(server)
-        ch = grpc.insecure_channel(f"127.0.0.1:{port}")
+    print(json.dumps(ports), flush=True)
+    sys.stdin.read()  # until the parent closes our stdin
+    for server in servers:
+        server.stop(None).wait()
+    pool.shutdown()
+    return servers
+
+
+async def serve_aio() -> None:
+    ints = {"bare": [], "noop": [ANoopServer()], "tether": [tgrpc_aio.ServerInterceptor()]}
+    servers, ports = [], {}
+    for name in SERVER_CONFIGS:
+        server = grpc.aio.server(interceptors=ints[name])
+        server.add_generic_rpc_handlers((handler(aecho),))
+        ports[name] = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        servers.append(server)
+    print(json.dumps(ports), flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    for server in servers:
+        await server.stop(None)
+
+
+class Servers:
+    """The servers in a child process, as in production (no GIL shared with the client)."""
+
+    def __init__(self, kind: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--serve", kind],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        ports = json.loads(self.proc.stdout.readline())
+        self.addr = {k: f"127.0.0.1:{v}" for k, v in ports.items()}
+        self.addr["manual"] = self.addr["bare"]
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(30)
+
+
+def sync_round_trips(n: int, repeats: int) -> dict[str, list[float]]:
+    """us per call for each configuration, one list entry per repeat."""
+    clients = {
+        "bare": [],
+        "manual": [],
+        "noop": [NoopClient()],
+        "tether": [tgrpc.ClientInterceptor()],
+    }
+    servers = Servers("sync")
+    channels, calls = [], {}
+    for name, cint in clients.items():
+        ch = grpc.insecure_channel(servers.addr[name])
         channels.append(ch)
         ch_i = grpc.intercept_channel(ch, *cint) if cint else ch
         calls[name] = ch_i.unary_unary(METHOD)
-    out: dict[str, list[float]] = {k: [] for k in configs}
+    out: dict[str, list[float]] = {k: [] for k in clients}
     try:
         with request_context():
             for call in calls.values():  # warm up: connections, caches
@@ -134,30 +187,24 @@ def sync_round_trips(n: int, repeats: int) -> dict[str, list[float]]:
     finally:
         for ch in channels:
             ch.close()
-        for server in servers:
-            server.stop(None).wait()
-        pool.shutdown()
+        servers.close()
     return out
 
 
 async def aio_round_trips(n: int, repeats: int) -> dict[str, list[float]]:
-    configs = {
-        "bare": ([], None),
-        "manual": ([], None),
-        "noop": ([ANoopServer()], [ANoopClient()]),
-        "tether": ([tgrpc_aio.ServerInterceptor()], tgrpc_aio.client_interceptors()),
+    clients = {
+        "bare": None,
+        "manual": None,
+        "noop": [ANoopClient()],
+        "tether": tgrpc_aio.client_interceptors(),
     }
-    servers, channels, calls = [], [], {}
-    for name, (sint, cint) in configs.items():
-        server = grpc.aio.server(interceptors=sint)
-        server.add_generic_rpc_handlers((handler(aecho),))
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        servers.append(server)
-        ch = grpc.aio.insecure_channel(f"127.0.0.1:{port}", interceptors=cint)
+    servers = Servers("aio")
+    channels, calls = [], {}
+    for name, cint in clients.items():
+        ch = grpc.aio.insecure_channel(servers.addr[name], interceptors=cint)
         channels.append(ch)
         calls[name] = ch.unary_unary(METHOD)
-    out: dict[str, list[float]] = {k: [] for k in configs}
+    out: dict[str, list[float]] = {k: [] for k in clients}
     try:
         with request_context():
             for call in calls.values():
@@ -173,8 +220,7 @@ async def aio_round_trips(n: int, repeats: int) -> dict[str, list[float]]:
     finally:
         for ch in channels:
             await ch.close()
-        for server in servers:
-            await server.stop(None)
+        servers.close()
     return out
 
 
@@ -222,7 +268,14 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="few calls: a smoke test")
     ap.add_argument("--json", type=Path, help="write the rows here")
+    ap.add_argument("--serve", choices=["sync", "aio"], help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.serve == "sync":
+        serve_sync()
+        return 0
+    if args.serve == "aio":
+        asyncio.run(serve_aio())
+        return 0
     n, repeats = (200, 2) if args.quick else (3000, 7)
 
     rows = []
