@@ -85,6 +85,26 @@ def test_server_replaces_an_invalid_request_id(server, bad):
     assert propagation.malformed_headers()["x-request-id"] == before + 1
 
 
+@pytest.mark.parametrize("bad", ["garbage", "-5S", "123456789m", "1 S", "5s"])
+def test_server_ignores_a_malformed_budget_in_metadata(server, bad):
+    _svc, addr = server
+    before = propagation.malformed_headers().get("x-request-timeout", 0)
+    with channel(addr) as ch:
+        got = loads(uu(ch, "Info")(b"", timeout=3, metadata=(("x-request-timeout", bad),)))
+    assert 2 < got["remaining"] <= 3.02  # the call's own deadline stands
+    assert propagation.malformed_headers()["x-request-timeout"] == before + 1
+
+
+def test_server_a_smaller_budget_in_metadata_wins(server):
+    """A caller (or a proxy) may also send tether's header: the smallest budget wins."""
+    _svc, addr = server
+    with channel(addr) as ch:
+        got = loads(uu(ch, "Info")(b"", timeout=3, metadata=(("x-request-timeout", "400m"),)))
+        assert got["remaining"] <= 0.4
+        got = loads(uu(ch, "Info")(b"", timeout=0.5, metadata=(("x-request-timeout", "9S"),)))
+        assert got["remaining"] <= 0.5
+
+
 def test_server_all_four_arities_see_their_context(server):
     _svc, addr = server
     md = (("x-request-id", "four"),)
