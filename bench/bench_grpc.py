@@ -20,6 +20,9 @@ Rows:
 - G2  ``grpc.aio`` unary round trip, us per call: tether vs bare (and noop)
 - G3  tether's own work per call without the network, us: ``outbound`` (client) +
       ``server_scope`` + cancel (server), vs the bare round trip of G1
+- G4s / G4a  cancellation latency across three hops (client -> middle -> leaf, in this
+      process): ms from the client's ``cancel()`` to the leaf handler's context ending
+      (sync) or the leaf handler being interrupted (aio), p50 and p99 over 200 trials
 
 Best (minimum) of the repeats is reported with the median; the ratio is tether's best
 over the peer's best; "overhead" is the difference in microseconds.
@@ -224,6 +227,137 @@ async def aio_round_trips(n: int, repeats: int) -> dict[str, list[float]]:
     return out
 
 
+def _pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))]
+
+
+def sync_cancel_latency(trials: int) -> list[float]:
+    """ms from a client's cancel to the leaf handler's context ending, three sync hops."""
+    import queue
+    import threading
+
+    started, ended = threading.Event(), queue.Queue[float]()
+
+    def leaf(request: bytes, context: Any) -> bytes:
+        ctx = tether.current()
+        started.set()
+        ctx.done().wait(10)
+        ended.put(time.monotonic())
+        ctx.check()
+        return b""  # pragma: no cover
+
+    leaf_pool = futures.ThreadPoolExecutor(4)
+    leaf_srv = grpc.server(
+        leaf_pool,
+        handlers=[grpc.method_handlers_generic_handler(
+            "bench.B", {"Leaf": grpc.unary_unary_rpc_method_handler(leaf)})],
+        interceptors=[tgrpc.ServerInterceptor()],
+    )  # fmt: skip
+    leaf_port = leaf_srv.add_insecure_port("127.0.0.1:0")
+    leaf_srv.start()
+    leaf_ch = grpc.insecure_channel(f"127.0.0.1:{leaf_port}")
+    to_leaf = grpc.intercept_channel(leaf_ch, tgrpc.ClientInterceptor()).unary_unary(
+        "/bench.B/Leaf"
+    )
+
+    def middle(request: bytes, context: Any) -> bytes:
+        result: bytes = to_leaf.future(request).result()
+        return result
+
+    mid_pool = futures.ThreadPoolExecutor(4)
+    mid_srv = grpc.server(
+        mid_pool,
+        handlers=[grpc.method_handlers_generic_handler(
+            "bench.B", {"Middle": grpc.unary_unary_rpc_method_handler(middle)})],
+        interceptors=[tgrpc.ServerInterceptor()],
+    )  # fmt: skip
+    mid_port = mid_srv.add_insecure_port("127.0.0.1:0")
+    mid_srv.start()
+    mid_ch = grpc.insecure_channel(f"127.0.0.1:{mid_port}")
+    to_mid = grpc.intercept_channel(mid_ch, tgrpc.ClientInterceptor()).unary_unary(
+        "/bench.B/Middle"
+    )
+    out = []
+    try:
+        for _ in range(trials):
+            started.clear()
+            scope = tether.with_cancel(tether.background())
+            with scope:
+                fut = to_mid.future(PAYLOAD)
+                started.wait(10)
+                t0 = time.monotonic()
+                scope.cancel()
+                out.append((ended.get(timeout=10) - t0) * 1e3)
+                fut.exception(10)
+    finally:
+        for ch in (mid_ch, leaf_ch):
+            ch.close()
+        for srv, pool in ((mid_srv, mid_pool), (leaf_srv, leaf_pool)):
+            srv.stop(None).wait()
+            pool.shutdown()
+    return out
+
+
+async def aio_cancel_latency(trials: int) -> list[float]:
+    """ms from a client's cancel to the leaf handler being interrupted, three aio hops."""
+    started = asyncio.Event()
+    ended: asyncio.Queue[float] = asyncio.Queue()
+
+    async def leaf(request: bytes, context: Any) -> bytes:
+        started.set()
+        try:
+            await asyncio.sleep(10)
+        finally:
+            ended.put_nowait(time.monotonic())
+        return b""  # pragma: no cover
+
+    channels: list[grpc.aio.Channel] = []
+
+    async def middle(request: bytes, context: Any) -> bytes:
+        result: bytes = await channels[0].unary_unary("/bench.B/Leaf")(request)
+        return result
+
+    servers = []
+    ports = {}
+    for name, fn in (("Leaf", leaf), ("Middle", middle)):
+        srv = grpc.aio.server(interceptors=[tgrpc_aio.ServerInterceptor()])
+        srv.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            "bench.B", {name: grpc.unary_unary_rpc_method_handler(fn)}),))  # fmt: skip
+        ports[name] = srv.add_insecure_port("127.0.0.1:0")
+        await srv.start()
+        servers.append(srv)
+    channels.extend(
+        grpc.aio.insecure_channel(
+            f"127.0.0.1:{ports[name]}", interceptors=tgrpc_aio.client_interceptors()
+        )
+        for name in ("Leaf", "Middle")
+    )
+    to_mid = channels[1].unary_unary("/bench.B/Middle")
+    out = []
+    try:
+        for _ in range(trials):
+            started.clear()
+            scope = tether.with_cancel(tether.background())
+
+            async def call(scope: tether.Scope = scope) -> None:
+                with scope:
+                    await to_mid(PAYLOAD)
+
+            task = asyncio.ensure_future(call())
+            await asyncio.wait_for(started.wait(), 10)
+            t0 = time.monotonic()
+            scope.cancel()
+            out.append((await asyncio.wait_for(ended.get(), 10) - t0) * 1e3)
+            await asyncio.gather(task, return_exceptions=True)
+    finally:
+        for ch in channels:
+            await ch.close()
+        for srv in servers:
+            await srv.stop(None)
+    return out
+
+
 def own_work(n: int, repeats: int) -> list[float]:
     """us per call of tether's client + server work, without grpcio or the network."""
     policy = propagation.Policy()
@@ -289,6 +423,8 @@ def main() -> int:
     rows.append(row("G2n", "aio unary, noop interceptors", a["noop"], a["bare"], "bare"))
     rows.append(row("G2m", "aio unary, by hand (timeout + id)", a["manual"], a["bare"], "bare"))
     rows.append(row("G2t", "aio unary, tether vs by hand", a["tether"], a["manual"], "manual"))
+    trials = 20 if args.quick else 200
+    lat = {"sync": sync_cancel_latency(trials), "aio": asyncio.run(aio_cancel_latency(trials))}
     w = own_work(n * 5, repeats)
     rows.append(row("G3", "tether's own work per call (no I/O)", w, s["bare"], "bare RTT"))
 
@@ -312,8 +448,16 @@ def main() -> int:
         f"calls that send a deadline and request id by hand; "
         f"their own work is {rows[8]['tether']:.1f} us"
     )
+    for kind, xs in lat.items():
+        print(
+            f"G4{kind[0]}   cancel -> leaf, three {kind} hops, {len(xs)} trials: "
+            f"p50 {_pct(xs, 0.5):.1f} ms, p99 {_pct(xs, 0.99):.1f} ms, max {max(xs):.1f} ms"
+        )
     if args.json:
-        args.json.write_text(json.dumps({"rows": rows}, indent=2))
+        latency = {
+            k: {"p50": _pct(v, 0.5), "p99": _pct(v, 0.99), "max": max(v)} for k, v in lat.items()
+        }
+        args.json.write_text(json.dumps({"rows": rows, "cancel_latency_ms": latency}, indent=2))
     return 0
 
 

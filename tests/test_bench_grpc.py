@@ -27,10 +27,14 @@ def test_bench_grpc_quick(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "Summary" in proc.stdout
     printed = {line.split()[0] for line in proc.stdout.splitlines() if line[:1] == "G"}
-    assert printed == ROWS
+    assert printed == ROWS | {"G4s", "G4a"}
     rows = {r["id"]: r for r in json.loads(out.read_text())["rows"]}
     assert set(rows) == ROWS
     for r in rows.values():
         assert r["tether"] > 0
         assert r["peer"] > 0
         assert r["ratio"] > 0
+    lat = json.loads(out.read_text())["cancel_latency_ms"]
+    assert set(lat) == {"sync", "aio"}
+    for v in lat.values():
+        assert 0 < v["p50"] <= v["p99"] <= v["max"]
