@@ -200,11 +200,16 @@ def test_other_exceptions_pass_through_untouched(url):
     assert r.status_code == 500  # an inner context's deadline is the app's business
 
 
-def test_client_disconnect_cancels_the_handler_and_logs_499(seen, url, caplog):
+@pytest.mark.parametrize(
+    "budget",
+    [b"", b"x-request-timeout: 30S\r\n"],
+    ids=["no-deadline (the middleware interrupts)", "deadline (the core's async with)"],
+)
+def test_client_disconnect_cancels_the_handler_and_logs_499(seen, url, caplog, budget):
     caplog.set_level(logging.INFO, logger="tether.asgi")
     host, port = url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port))) as s:
-        s.sendall(b"GET /wait HTTP/1.1\r\nhost: x\r\nx-request-id: gone-1\r\n\r\n")
+        s.sendall(b"GET /wait HTTP/1.1\r\nhost: x\r\n" + budget + b"x-request-id: gone-1\r\n\r\n")
         seen.get("wait.started")
         t_close = time.monotonic()
     t, err, cause = seen.get("wait.interrupted")

@@ -306,3 +306,40 @@ def test_round_trip_through_the_middleware(server):
         assert r.headers["x-request-id"] == "rt-1"
     assert seen["rid"] == "rt-1"
     assert seen["remaining"] < left - 0.005
+
+
+@pytest.mark.parametrize(
+    ("module", "library", "extra"),
+    [
+        ("httpx", "httpx", "httpx"),
+        ("requests", "requests", "requests"),
+        ("fastapi", "fastapi", "fastapi"),
+    ],
+)
+def test_missing_library_names_the_extra(module, library, extra):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        f"sys.modules[{library!r}] = None  # as if it were not installed\n"
+        "try:\n"
+        f"    import tether.integrations.{module}\n"
+        "except ImportError as e:\n"
+        "    print(e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == (
+        f"tether: tether.integrations.{module} needs the '{extra}' extra: "
+        f"pip install 'tether[{extra}]'"
+    )
+
+
+def test_asgi_and_wsgi_import_only_the_stdlib():
+    from test_api import _imported_by
+
+    for module in ("tether.integrations.asgi", "tether.integrations.wsgi"):
+        out = _imported_by(f"import {module}")
+        assert module in out["new"]
+        assert out["outside_stdlib"] == [], module

@@ -34,9 +34,9 @@ from __future__ import annotations
 import ipaddress
 import math
 import numbers
+import os
 import re
 import threading
-import uuid
 from collections.abc import Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -82,19 +82,12 @@ Headers = Mapping[str, str] | Mapping[bytes, bytes] | Iterable[tuple[str | bytes
 
 _MAX_VALUE: Final = 99_999_999  # 8 digits
 _MAX_SECONDS: Final = _MAX_VALUE * 3600.0
-# unit -> nanoseconds per unit, largest first
-_UNITS: Final = (("H", 3_600_000_000_000), ("M", 60_000_000_000), ("S", 1_000_000_000),
-                 ("m", 1_000_000), ("u", 1_000), ("n", 1))  # fmt: skip
-# value -> seconds: exact products for H/M/S, correctly rounded quotients below a second
-_DECODE: Final[dict[str, Any]] = {
-    "H": lambda v: v * 3600.0,
-    "M": lambda v: v * 60.0,
-    "S": float,
-    "m": lambda v: v / 1e3,
-    "u": lambda v: v / 1e6,
-    "n": lambda v: v / 1e9,
-}
-_PER_SECOND: Final = {"H": 1 / 3600, "M": 1 / 60, "S": 1.0, "m": 1e3, "u": 1e6, "n": 1e9}
+# value -> seconds: a correctly rounded quotient for n/u/m/S, an exact product for M/H;
+# encode_timeout checks its rounding with the same arithmetic
+_DIVISOR: Final = {"n": 1e9, "u": 1e6, "m": 1e3, "S": 1.0}
+_FACTOR: Final = {"M": 60.0, "H": 3600.0}
+_FINE: Final = (("n", 1e9), ("u", 1e6), ("m", 1e3), ("S", 1.0))  # finest first
+_COARSER: Final = {"n": "u", "u": "m", "m": "S"}
 
 
 def _duration(x: object, what: str) -> float:
@@ -132,26 +125,45 @@ def encode_timeout(seconds: float | timedelta) -> str | None:
     Raises ``TypeError`` for a non-number (``bool`` and ``str`` included) and
     ``ValueError`` for NaN.
     """
-    s = _duration(seconds, "a timeout")
+    s = seconds if type(seconds) is float else _duration(seconds, "a timeout")
+    if math.isnan(s):
+        raise ValueError("tether: a timeout must be a number of seconds, got NaN")
     if s <= 0:
         return "0n"
     if s > _MAX_SECONDS:
         return None
-    # An exact number of nanoseconds: the largest unit that divides it and fits.
-    ns = round(s * 1e9)
-    if ns / 1e9 == s:
-        for unit, per in _UNITS:
-            if ns % per == 0 and ns // per <= _MAX_VALUE:
-                return f"{ns // per}{unit}"
-    # Otherwise round up in the finest unit that fits; one step corrects float error.
-    for unit, _ in reversed(_UNITS):
-        v = math.ceil(s * _PER_SECOND[unit])
-        dec = _DECODE[unit]
-        if dec(v) < s:
+    # Round up in the finest unit that fits 8 digits (one step corrects the float error
+    # of s * per, checked with decode's own arithmetic), then shorten without loss.
+    for fine, per in _FINE:
+        v = math.ceil(s * per)
+        if v > _MAX_VALUE + 1:
+            continue
+        if v / per < s:
             v += 1
-        elif v > 1 and dec(v - 1) >= s:
+        elif v > 1 and (v - 1) / per >= s:
+            v -= 1
+        if v > _MAX_VALUE:
+            continue
+        unit = fine
+        while unit != "S" and v % 1000 == 0:
+            v //= 1000
+            unit = _COARSER[unit]
+        if unit == "S" and v % 60 == 0:
+            v //= 60
+            unit = "M"
+            if v % 60 == 0:
+                v //= 60
+                unit = "H"
+        return f"{v}{unit}"
+    for unit, mul in (("M", 60.0), ("H", 3600.0)):
+        v = math.ceil(s / mul)
+        if v * mul < s:
+            v += 1
+        elif v > 1 and (v - 1) * mul >= s:
             v -= 1
         if v <= _MAX_VALUE:
+            if unit == "M" and v % 60 == 0:
+                return f"{v // 60}H"
             return f"{v}{unit}"
     return None  # pragma: no cover - s <= _MAX_SECONDS always fits in hours
 
@@ -177,11 +189,16 @@ def decode_timeout(value: str | bytes | None) -> float | None:
     if n < 2 or n > 9:
         return None
     digits = value[:-1]
-    dec = _DECODE.get(value[-1])
-    if dec is None or not (digits.isascii() and digits.isdigit()):
+    if not (digits.isascii() and digits.isdigit()):
         return None
-    result: float = dec(int(digits))
-    return result
+    unit = value[-1]
+    div = _DIVISOR.get(unit)
+    if div is not None:
+        return int(digits) / div
+    mul = _FACTOR.get(unit)
+    if mul is None:
+        return None
+    return int(digits) * mul
 
 
 def _decode_connect(value: str | bytes) -> float | None:
@@ -223,12 +240,15 @@ def parse_request_id(value: str | bytes | None) -> str | None:
 
 
 def new_request_id() -> str:
-    """A fresh request id: ``uuid.uuid4().hex`` (32 lowercase hex digits).
+    """A fresh request id: the form of ``uuid.uuid4().hex`` (32 lowercase hex digits).
 
     Non-blocking; a new value on every call; thread-safe. No context is involved, so
     none can have already ended. Raises nothing.
     """
-    return uuid.uuid4().hex
+    b = bytearray(os.urandom(16))  # what uuid.uuid4() does, without building a UUID
+    b[6] = (b[6] & 0x0F) | 0x40  # version 4
+    b[8] = (b[8] & 0x3F) | 0x80  # RFC 4122 variant
+    return b.hex()
 
 
 # --------------------------------------------------------------------------------------
@@ -592,7 +612,13 @@ def extract(
     rid: str | None = None
     ident: list[tuple[Key[str], str]] | None = None
     idmap = pol._identity
-    items = headers.items() if isinstance(headers, Mapping) else headers
+    htype = type(headers)
+    if htype is list or htype is tuple:  # ASGI: skip the (slow, negative) ABC check
+        items: Any = headers
+    elif htype is dict or isinstance(headers, Mapping):
+        items = headers.items()  # type: ignore[union-attr]
+    else:
+        items = headers
     try:
         for name, value in items:
             try:
@@ -635,7 +661,7 @@ def extract(
         if mx is not None and budget > mx and not pol.trusts(peer):
             budget = mx
         budget = max(budget, pol.min_timeout)
-    ctx = with_value(parent, REQUEST_ID, rid if rid is not None else uuid.uuid4().hex)
+    ctx = with_value(parent, REQUEST_ID, rid if rid is not None else new_request_id())
     if ident is not None:
         for key, v in ident:
             ctx = with_value(ctx, key, v)

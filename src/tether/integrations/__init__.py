@@ -6,6 +6,14 @@ install (``pip install 'tether[name]'``).
 
 - ``tether.integrations.tenacity``: tenacity stop/retry/sleep hooks that end retrying
   with a context (extra ``tenacity``).
+- ``tether.integrations.asgi``: ``ContextMiddleware`` for any ASGI app (extra ``asgi``,
+  standard library only).
+- ``tether.integrations.fastapi``: the ``RequestContext`` dependency (extra ``fastapi``).
+- ``tether.integrations.wsgi``: ``ContextMiddleware`` and ``init_flask`` for WSGI apps
+  (extra ``wsgi``, standard library only).
+- ``tether.integrations.httpx``: ``ContextTransport``/``AsyncContextTransport``
+  (extra ``httpx``).
+- ``tether.integrations.requests``: ``ContextAdapter`` (extra ``requests``).
 - ``tether.integrations.grpc`` and ``.grpc.aio``: server and client interceptors that
   carry deadlines, cancellation and request ids over gRPC (extra ``grpc``).
 - ``tether.integrations.otel``: ``TetherPropagator``, tether's headers for
