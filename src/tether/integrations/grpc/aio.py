@@ -89,7 +89,17 @@ def _begin(sctx: Any, policy: _Policy) -> Scope:
 
 
 async def _abort(sctx: Any, err: ContextError) -> None:
-    await sctx.abort(grpc.StatusCode[status_name(err)], str(err))
+    try:
+        await sctx.abort(grpc.StatusCode[status_name(err)], str(err))
+    except grpc.aio.AbortError:
+        raise
+    except Exception as e:
+        # The handler called abort() itself and the context's interrupt landed while
+        # it was sending that status (grpcio: "Abort already called!"): the handler's
+        # status stands; end the handler as grpcio expects an aborted one to end.
+        if type(e).__name__ != "UsageError":
+            raise
+        raise grpc.aio.AbortError() from err
 
 
 def _rpc_cancelled(scope: Scope, sctx: Any) -> None:
