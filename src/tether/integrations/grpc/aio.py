@@ -95,11 +95,12 @@ async def _abort(sctx: Any, err: ContextError) -> None:
         raise
     except Exception as e:
         # The handler called abort() itself and the context's interrupt landed while
-        # it was sending that status (grpcio: "Abort already called!"): the handler's
-        # status stands; end the handler as grpcio expects an aborted one to end.
+        # it was sending that status (grpcio: "Abort already called!"). The handler's
+        # status stands. grpcio accepts only its own AbortError instance ("Abort error
+        # has been replaced!" otherwise), so end the call as an interrupted one.
         if type(e).__name__ != "UsageError":
             raise
-        raise grpc.aio.AbortError() from err
+        raise asyncio.CancelledError() from err
 
 
 def _rpc_cancelled(scope: Scope, sctx: Any) -> None:
