@@ -566,6 +566,36 @@ def test_peer_ip(peer, ip):
     assert _common.peer_ip(peer) == ip
 
 
+@given(st.text(max_size=80))
+def test_peer_ip_never_raises(peer):
+    ip = _common.peer_ip(peer)
+    assert ip is None or isinstance(ip, str)
+
+
+_HEADER = st.sampled_from(
+    ["x-request-id", "x-request-timeout", "grpc-timeout", "connect-timeout-ms", "x-other"]
+)
+
+
+@given(
+    st.lists(st.tuples(_HEADER, st.one_of(st.text(max_size=40), st.binary(max_size=40)))),
+    st.one_of(st.none(), st.floats(allow_nan=False)),
+    st.text(max_size=40),
+)
+def test_server_scope_never_raises_on_what_a_peer_sends(metadata, remaining, peer):
+    """Any metadata, any grpcio-reported budget, any peer string: a context with a
+    valid request id and a budget within the policy, never an exception."""
+    policy = propagation.Policy(max_timeout=10)
+    ctx, cancel = _common.server_scope(remaining, metadata, peer, policy)
+    try:
+        rid = ctx.value(tether.REQUEST_ID)
+        assert propagation.parse_request_id(rid) == rid
+        left = ctx.remaining()
+        assert left is None or left <= 10
+    finally:
+        cancel()
+
+
 # --------------------------------------------------------------------------------------
 # The three-hop chain: client -> middle -> leaf, all sync grpcio
 
