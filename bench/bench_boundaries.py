@@ -12,6 +12,9 @@ Rows (issue 9's speed targets):
       process), loaded by ``wrk`` from a second process over loopback: bare app vs
       ``ContextMiddleware`` vs ``asgi-correlation-id``'s ``CorrelationIdMiddleware``,
       interleaved, best of the rounds; ratio = with / bare              target >= 0.95
+- B3m the same three apps called in-process (no server, no sockets), µs per request,
+      without and with a budget and request id: the middleware's own cost, free of B3's
+      loopback and scheduling noise (no target; B3's 5 % of uvicorn's ~70 µs is ~3.5 µs)
 - B4  cancellation latency, client disconnect -> the leaf's context ended, across three
       hops (edge -> middle -> leaf, uvicorn httptools, httpx ``AsyncContextTransport``
       between them); the client disconnects 100 ms after sending (the leaf is waiting by
@@ -37,6 +40,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +91,13 @@ def b2(n: int) -> None:
     for _ in range(n):
         _, cancel = extract(bg, HEADERS, peer="192.0.2.7", policy=pol)
         cancel()
+
+
+def b0(n: int) -> None:
+    """The core's derive + cancel: the yardstick for B2 on a machine of unknown load."""
+    with_cancel, bg = tether.with_cancel, tether.background()
+    for _ in range(n):
+        with_cancel(bg)[1]()
 
 
 def b2_peer(n: int) -> None:
@@ -175,6 +186,60 @@ def b3(rounds: int, seconds: float, connections: int) -> dict[str, Any]:
     best = {v: max(xs) for v, xs in got.items()}
     med = {v: statistics.median(xs) for v, xs in got.items()}
     return {"runs": got, "best": best, "median": med}
+
+
+# ---------------------------------------------------------------------------- B3m
+
+
+def b3m(n: int, rounds: int) -> dict[str, dict[str, float]]:
+    """Per-request cost of each app called in-process (no sockets, no server): what the
+    middleware adds, without the loopback noise of B3. Best of ``rounds``, in µs."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import _boundaries_apps as apps
+
+    base = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+            "method": "GET", "scheme": "http", "path": "/", "raw_path": b"/",
+            "query_string": b"", "root_path": "", "client": ("127.0.0.1", 50000),
+            "server": ("127.0.0.1", 8000)}  # fmt: skip
+    plain = [(b"host", b"svc"), (b"user-agent", b"wrk"), (b"accept", b"*/*")]
+    # a uuid4 id: asgi-correlation-id's validator would reject (and log) anything else
+    rid = uuid.uuid4().hex.encode()
+    budget = [*plain, (b"x-request-timeout", b"2S"), (b"x-request-id", rid)]
+
+    async def go(app: Any, headers: list[tuple[bytes, bytes]], count: int) -> float:
+        first = [True]
+        never = asyncio.Event()
+
+        async def receive() -> dict[str, Any]:
+            if first[0]:
+                first[0] = False
+                return {"type": "http.request", "body": b"", "more_body": False}
+            await never.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: Any) -> None:
+            pass
+
+        t0 = TIMER()
+        for _ in range(count):
+            first[0] = True
+            await app({**base, "headers": headers}, receive, send)
+        return (TIMER() - t0) / count
+
+    async def main() -> dict[str, dict[str, float]]:
+        variants = {"bare": apps.bare(), "tether": apps.tether(), "correlation": apps.correlation()}
+        out: dict[str, dict[str, float]] = {}
+        for hname, headers in (("plain", plain), ("budget", budget)):
+            best = dict.fromkeys(variants, 1e9)
+            for name, app in variants.items():
+                await go(app, headers, 200)
+            for _ in range(rounds):
+                for name, app in variants.items():
+                    best[name] = min(best[name], await go(app, headers, n))
+            out[hname] = {k: v * 1e6 for k, v in best.items()}
+        return out
+
+    return asyncio.run(main())
 
 
 # ---------------------------------------------------------------------------- B4
@@ -292,8 +357,15 @@ def main() -> None:
                  "median": b1_med * 1e6, "target": 2.0})  # fmt: skip
     b2_best, b2_med = best_of(b2, n, reps)
     peer_best, _ = best_of(b2_peer, n, reps)
+    core_best, _ = best_of(b0, n, reps)
     rows.append({"id": "B2", "what": "extract+cancel with policy, us", "tether": b2_best * 1e6,
-                 "median": b2_med * 1e6, "peer": peer_best * 1e6, "target": 5.0})  # fmt: skip
+                 "median": b2_med * 1e6, "peer": peer_best * 1e6, "core": core_best * 1e6,
+                 "target": 5.0})  # fmt: skip
+
+    m = b3m(300 if q else 3000, 3 if q else 15)
+    rows.append({"id": "B3m", "what": "in-process us/request, bare / tether / correlation",
+                 "tether": m["plain"]["tether"], "plain": m["plain"],
+                 "budget": m["budget"]})  # fmt: skip
 
     if not args.skip_http:
         if shutil.which("wrk"):
@@ -319,8 +391,17 @@ def main() -> None:
             line = f"{row['tether']:.2f} us (median {row['median']:.2f}); target <= 2 us"
         elif rid == "B2":
             line = (f"{row['tether']:.2f} us (median {row['median']:.2f}); "
-                    f"asgi-correlation-id's header scan + uuid4: {row['peer']:.2f} us; "
+                    f"asgi-correlation-id's header scan + uuid4: {row['peer']:.2f} us; the "
+                    f"core's with_cancel+cancel in this run: {row['core']:.2f} us; "
                     "target <= 5 us")  # fmt: skip
+        elif rid == "B3m":
+            pl, bu = row["plain"], row["budget"]
+            line = (f"no headers: {pl['bare']:.1f} / {pl['tether']:.1f} / "
+                    f"{pl['correlation']:.1f} us (tether +{pl['tether'] - pl['bare']:.1f}, "
+                    f"asgi-correlation-id +{pl['correlation'] - pl['bare']:.1f}); with a budget "
+                    f"and an id: {bu['bare']:.1f} / {bu['tether']:.1f} / "
+                    f"{bu['correlation']:.1f} us "
+                    f"(tether +{bu['tether'] - bu['bare']:.1f})")  # fmt: skip
         elif rid == "B3":
             line = (f"bare {row['bare']:.0f} req/s, tether {row['tether']:.0f} "
                     f"(ratio {row['ratio']:.3f}, median-of-rounds {row['median_ratio']:.3f}), "

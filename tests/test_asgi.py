@@ -110,7 +110,7 @@ def make_app(seen: Seen, policy=None) -> Starlette:
     app = Starlette(
         routes=[
             Route("/info", info),
-            Route("/wait", wait),
+            Route("/wait", wait, methods=["GET", "POST"]),
             Route("/check", check),
             Route("/boom", boom),
             Route("/other-deadline", other_deadline),
@@ -400,3 +400,54 @@ def test_every_server_gives_504_and_notices_disconnects(kind):
         t, _, cause = seen.get("wait.interrupted")
         assert isinstance(cause, ClientDisconnected), kind
         assert t - t_close < 1.0
+
+
+@pytest.mark.parametrize("kind", ASGI_SERVERS)
+def test_request_bodies_pass_through_the_read_ahead_intact(kind):
+    # Also a regression test: one keep-alive connection carries several requests, and a
+    # large body makes the server pause and resume reading from inside the request; the
+    # callbacks that registers must not carry this request's context into the next
+    # request (which would then be born cancelled: a 503).
+    import hashlib
+
+    async def echo(request: Request) -> JSONResponse:
+        if request.query_params.get("late"):
+            await asyncio.sleep(0.1)  # the reader started at 10 ms and is 64 KiB ahead
+        chunks = 0
+        h = hashlib.sha256()
+        async for chunk in request.stream():
+            chunks += 1
+            h.update(chunk)
+        return JSONResponse({"sha": h.hexdigest(), "chunks": chunks})
+
+    app = Starlette(routes=[Route("/echo", echo, methods=["POST"])])
+    app.add_middleware(ContextMiddleware)
+    body = bytes(range(256)) * 4096  # 1 MiB
+    want = hashlib.sha256(body).hexdigest()
+    with serve(app, kind) as url, httpx.Client() as client:
+        for q in ("", "?late=1"):
+            r = client.post(url + "/echo" + q, content=body)
+            assert r.status_code == 200, r.text
+            assert r.json()["sha"] == want
+
+            def gen():
+                for i in range(0, len(body), 100_000):
+                    yield body[i : i + 100_000]
+
+            r = client.post(url + "/echo" + q, content=gen())  # chunked upload
+            assert r.json()["sha"] == want
+        r = client.post(url + "/echo", content=b"")
+        assert r.json()["sha"] == hashlib.sha256(b"").hexdigest()
+
+
+def test_disconnect_while_the_app_reads_a_slow_upload(seen, url):
+    host, port = url.removeprefix("http://").split(":")
+    # /wait never reads; the reader reads the declared body ahead and then hears the close
+    with socket.create_connection((host, int(port))) as s:
+        s.sendall(b"POST /wait HTTP/1.1\r\nhost: x\r\ncontent-length: 100000\r\n\r\n" + b"x" * 1000)
+        seen.get("wait.started")
+        time.sleep(0.05)
+        t_close = time.monotonic()
+    t, _err, cause = seen.get("wait.interrupted")
+    assert isinstance(cause, ClientDisconnected)
+    assert t - t_close < 1.0

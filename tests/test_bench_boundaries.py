@@ -28,7 +28,7 @@ def test_bench_boundaries_quick(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "Summary" in proc.stdout
     rows = {r["id"]: r for r in json.loads(out.read_text())["rows"]}
-    want = {"B1", "B2", "B4"} | ({"B3"} if shutil.which("wrk") else set())
+    want = {"B1", "B2", "B3m", "B4"} | ({"B3"} if shutil.which("wrk") else set())
     assert set(rows) == want
     for r in rows.values():
         assert r["tether"] > 0

@@ -57,7 +57,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from .. import propagation
-from .._context import _BACKGROUND, Context, current
+from .._context import _BACKGROUND, Context, _current, current
 from .._errors import Canceled, ContextError, DeadlineExceeded
 from .._keys import REQUEST_ID
 from ..propagation import Policy, PolicyHolder
@@ -172,11 +172,12 @@ class _Reader:
     that and never pay for a task.
     """
 
-    __slots__ = ("__weakref__", "_buf", "_buffered", "_more", "_receive", "_room", "_watch",
-                 "disconnected", "on_gone", "task")  # fmt: skip
+    __slots__ = ("__weakref__", "_buf", "_buffered", "_more", "_parent", "_receive", "_room",
+                 "_watch", "disconnected", "on_gone", "task")  # fmt: skip
 
-    def __init__(self, receive: Receive, on_gone: Callable[[], None]) -> None:
+    def __init__(self, receive: Receive, on_gone: Callable[[], None], parent: Context) -> None:
         self._receive = receive
+        self._parent = parent
         self.on_gone = on_gone
         self._buf: deque[Message] = deque()
         self._buffered = 0
@@ -193,7 +194,15 @@ class _Reader:
             self._more = asyncio.Event()
             self._room = asyncio.Event()
             self._room.set()
-            self.task = self._watch.loop.create_task(self._pump())
+            # The task calls the server's receive, which may register event-loop
+            # callbacks (resume_reading -> add_reader) that copy the current context:
+            # start it under the server's context, not the request's (see _outside).
+            prev = _current.get(_BACKGROUND)
+            _current.set(self._parent)
+            try:
+                self.task = self._watch.loop.create_task(self._pump())
+            finally:
+                _current.set(prev)
 
     async def stop(self) -> None:
         """Stop reading (the response is over); wait until the task has finished."""
@@ -260,11 +269,14 @@ def _plain(status: int, rid: str, text: str) -> tuple[Message, Message]:
 class _Exchange:
     """One HTTP request's state, seen by the wrapped ``send`` and the disconnect hook."""
 
-    __slots__ = ("cancel", "cancelling", "ctx", "finished", "interrupted", "rid", "rid_b",
-                 "started", "status", "t0", "task", "_send")  # fmt: skip
+    __slots__ = ("cancel", "cancelling", "ctx", "finished", "interrupted", "parent", "rid",
+                 "rid_b", "started", "status", "t0", "task", "_send")  # fmt: skip
 
-    def __init__(self, ctx: Context, cancel: Callable[..., None], send: Send) -> None:
+    def __init__(
+        self, ctx: Context, cancel: Callable[..., None], send: Send, parent: Context
+    ) -> None:
         self.ctx = ctx
+        self.parent = parent
         self.cancel = cancel
         self._send = send
         rid: str = ctx.value(REQUEST_ID)  # type: ignore[assignment]
@@ -301,7 +313,14 @@ class _Exchange:
             message = {**message, "headers": headers}
         elif t == "http.response.body" and not message.get("more_body", False):
             self.finished = True
-        await self._send(message)
+        # The server's send may start the next request of the connection (or register
+        # callbacks that will): it must not run with this request as current().
+        prev = _current.get(_BACKGROUND)
+        _current.set(self.parent)
+        try:
+            await self._send(message)
+        finally:
+            _current.set(prev)
 
     def log_499(self, scope: Scope) -> None:
         ms = (time.monotonic() - self.t0) * 1e3
@@ -361,12 +380,12 @@ class ContextMiddleware:
         if state is None:
             state = scope["state"] = {}
         state[STATE_KEY] = ctx
-        r = _Exchange(ctx, cancel, send)
+        r = _Exchange(ctx, cancel, send, parent)
         if ctx.err() is not None:  # born ended (a "0n" budget, or the server stopping)
             cancel()
             await self._refuse(scope, send, ctx.err(), r.rid, r.t0)  # type: ignore[arg-type]
             return
-        reader = _Reader(receive, r.gone)
+        reader = _Reader(receive, r.gone, parent)
         try:
             if parent is _BACKGROUND and ctx.deadline() is None:
                 # Nothing but a disconnect can end this context while the app runs (no
@@ -445,7 +464,8 @@ class ContextMiddleware:
             pol = cached[1]
         client = scope.get("client")
         peer = client[0] if client else None
-        req = propagation.extract(current(), scope.get("headers") or (), peer=peer, policy=pol)
+        parent = current()
+        req = propagation.extract(parent, scope.get("headers") or (), peer=peer, policy=pol)
         ctx, cancel = req
         rid: str = ctx.value(REQUEST_ID)  # type: ignore[assignment]
         state = scope.get("state")
@@ -454,7 +474,12 @@ class ContextMiddleware:
         state[STATE_KEY] = ctx
 
         async def receive_() -> Message:
-            message = await receive()
+            prev = _current.get(_BACKGROUND)
+            _current.set(parent)  # see _Exchange.send
+            try:
+                message = await receive()
+            finally:
+                _current.set(prev)
             if message.get("type") == "websocket.disconnect":
                 cancel(ClientDisconnected(f"websocket closed ({message.get('code', 1000)})"))
             return message
@@ -467,7 +492,12 @@ class ContextMiddleware:
                     headers.append((b"x-request-id", rid.encode()))
                 message = {**message, "headers": headers}
             try:
-                await send(message)
+                prev = _current.get(_BACKGROUND)
+                _current.set(parent)  # see _Exchange.send
+                try:
+                    await send(message)
+                finally:
+                    _current.set(prev)
             finally:
                 if t == "websocket.close":
                     cancel()
