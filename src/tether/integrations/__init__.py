@@ -18,4 +18,8 @@ install (``pip install 'tether[name]'``).
 - ``tether.integrations.httpx``: ``ContextTransport``/``AsyncContextTransport``
   (extra ``httpx``).
 - ``tether.integrations.requests``: ``ContextAdapter`` (extra ``requests``).
+- ``tether.integrations.grpc`` and ``.grpc.aio``: server and client interceptors that
+  carry deadlines, cancellation and request ids over gRPC (extra ``grpc``).
+- ``tether.integrations.otel``: ``TetherPropagator``, tether's headers for
+  OpenTelemetry-instrumented clients (extra ``otel``).
 """

@@ -1,0 +1,62 @@
+"""docs/boundaries-grpc.md: every ```python block runs in a fresh interpreter, as pasted."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DOC = ROOT / "docs" / "boundaries-grpc.md"
+FENCE = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
+BLOCKS = FENCE.findall(DOC.read_text())
+
+SLOPPY = ("Exception ignored", "Task was destroyed", "ResourceWarning", "LostCancelWarning")
+
+# What each example must print (the doc shows the same lines after each block).
+EXPECTED = {
+    0: [r"middle: 4\d\d ms left\nleaf: 4\d\d ms left, request order-42"],
+    1: [
+        r"caller: Canceled: context canceled",
+        r"handler: context canceled, because the gRPC client cancelled the call",
+    ],
+    2: [
+        r"handler interrupted: context deadline exceeded",
+        r"caller: context deadline exceeded after 0\.(2[5-9]|[3-9]\d) s",  # a busy machine
+    ],
+    3: [r"asked 60 s, got 2\.0\nafter the update: 0\.5\nfrom a trusted peer: (59\.9|60\.0|60\.1)"],
+    4: [
+        r"0\.2505 s left -> timeout 0\.247 s",
+        r"1\.2301 s left -> timeout 1\.227 s",
+        r"12\.3456 s left -> timeout 12\.297 s",
+    ],
+    5: [r"\['x-request-id', 'x-request-timeout'\] order-42"],
+}
+
+
+def test_the_guide_has_examples():
+    assert len(BLOCKS) == len(EXPECTED)
+
+
+@pytest.mark.realtime
+@pytest.mark.parametrize(
+    ("i", "code"),
+    list(enumerate(BLOCKS)),
+    ids=[f"{i}:{b.splitlines()[0][:30]}" for i, b in enumerate(BLOCKS)],
+)
+def test_example_runs(i: int, code: str):
+    proc = subprocess.run(
+        [sys.executable, "-X", "dev", "-W", "error::ResourceWarning", "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for bad in SLOPPY:
+        assert bad not in proc.stderr, proc.stderr
+    for pattern in EXPECTED[i]:
+        assert re.search(pattern, proc.stdout), (pattern, proc.stdout)
