@@ -211,13 +211,17 @@ def test_structlog_processor_is_idempotent_and_keeps_a_non_context_ctx_key():
     ev: dict[str, object] = {"event": "e", "ctx": "a string"}
     once = dict(add_context(None, "info", ev))
     twice = dict(add_context(None, "info", dict(once)))
-    assert once == twice == {
-        "event": "e",
-        "ctx": "a string",
-        "request_id": None,
-        "trace_id": None,
-        "worker": None,
-    }
+    assert (
+        once
+        == twice
+        == {
+            "event": "e",
+            "ctx": "a string",
+            "request_id": None,
+            "trace_id": None,
+            "worker": None,
+        }
+    )
 
 
 def test_structlog_module_without_structlog_names_the_extra():
