@@ -48,24 +48,37 @@ def _enabled(item: pytest.Item) -> bool:
     return bool(on) and item.get_closest_marker("tether_allow_leaks") is None
 
 
-@pytest.hookimpl(hookwrapper=True)
+@pytest.hookimpl(wrapper=True)
 def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
     if _enabled(item):
         check = LeakCheck()
         check.start()
         item.stash[_KEY] = check
-    yield
+    return (yield)
 
 
-@pytest.hookimpl(hookwrapper=True)
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    check = item.stash.get(_KEY, None)
+    if check is not None:
+        check.before_call()
+    try:
+        return (yield)
+    finally:
+        if check is not None:
+            check.after_call()
+
+
+@pytest.hookimpl(wrapper=True)
 def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
-    yield
+    result = yield
     check = item.stash.get(_KEY, None)
     if check is not None:
         del item.stash[_KEY]
         leaks = check.finish()
         if leaks:
             pytest.fail(leaks.report(), pytrace=False)
+    return result
 
 
 @pytest.fixture
