@@ -73,13 +73,25 @@ def test_warns_for_deadlines_too(kind):
         clock.advance(5)  # ...until its deadline
 
 
-def test_warns_under_background():
+def test_no_warning_where_nothing_leaks():
+    # A child of background() without a deadline is registered nowhere and armed
+    # nowhere: dropping its cancel function leaks nothing, so a warning would be false.
+    lost = Lost()
+    with lost:
+        tether.with_cancel(bg())  # the pair is dropped at once
+        tether.with_cancel(tether.with_value(bg(), "k", 1))
+    assert lost.lost == []
+
+
+def test_warns_under_a_cancellable_parent():
+    parent, cancel_parent = tether.with_cancel(bg())
     lost = Lost()
     with lost:
         line = _line()
-        tether.with_cancel(bg())  # the pair is dropped at once
+        tether.with_cancel(parent)  # registered with parent until it ends: a real leak
     [w] = lost.lost
     assert w.lineno == line
+    cancel_parent()
 
 
 def test_warns_from_a_nested_helper_at_the_helper_line():

@@ -40,30 +40,37 @@ _MAX_SLEEP = 3600.0  # Lock.acquire overflows on far deadlines: wake up and look
 
 # The heap holds plain floats, the armed deadlines; ``armed`` maps each deadline to its
 # context, or to an insertion-ordered dict of the contexts sharing it (equal deadlines
-# fire in the order they were armed). ``_context`` arms and disarms inline, under the
-# tree lock: push the deadline if it is new to ``armed`` (and ``wake()`` the thread if it
-# is earlier than ``wake_at``); on cancel, drop the context from ``armed``, pop the heap's
-# last value if it is that deadline, else ``compact()``. Floats are not tracked by the
-# garbage collector
-# and a deadline needs no tie-breaking sequence number: with 10,000 tasks each inside an
+# fire in the order they were armed). The queue owns arming and disarming (``arm``,
+# ``disarm``; ``_context._derive`` inlines ``arm`` on its hot path), under the tree lock:
+# push the deadline if it is new to ``armed`` (and ask for the thread to be woken or
+# started if it is earlier than ``wake_at``); on cancel, drop the context from ``armed``
+# (and a deadline no context shares any more), pop the heap's last value if it is that
+# deadline, else ``compact()``. Floats are not tracked by the garbage collector and a
+# deadline needs no tie-breaking sequence number: with 10,000 tasks each inside an
 # ``async with with_timeout``, collector passes over per-timer objects were most of
 # tether's overhead. A context armed in a queue has ``ctx._entry`` set to the queue; the
 # key is its ``ctx._deadline``. Removing it from ``armed`` is what disarms it; a heap
 # value no longer in ``armed`` is dead: popped when it reaches the top, or swept when
-# dead values are the majority.
+# dead values are the majority. The thread is never started under the lock: ``wake``
+# says when the caller must ``start()`` it after leaving.
 
 
 class TimerQueue:
-    """A heap of deadlines. Every method must be called with ``lock`` held."""
+    """A heap of deadlines. Every method but ``start`` must be called inside a critical
+    section of the tree lock (``enter()``/``leave()``, given by ``_context``)."""
 
     def __init__(
         self,
-        lock: threading.Lock,
+        enter: Callable[[], bool],
+        leave: Callable[[], None],
+        defer: Callable[[Callable[[], object]], None],
         expire: Callable[[list[Any]], None],
         *,
         threaded: bool,
     ) -> None:
-        self._lock = lock
+        self._enter = enter
+        self._leave = leave
+        self._defer = defer
         self._expire = expire  # called without the lock, with contexts in deadline order
         self.threaded = threaded
         # The tree lock protects the following fields.
@@ -79,6 +86,53 @@ class TimerQueue:
         """The number of armed, not yet fired or cancelled timers."""
         return sum(len(b) if type(b) is dict else 1 for b in self.armed.values())
 
+    def arm(self, ctx: Any, deadline: float) -> bool:
+        """Arm ``ctx`` to expire at ``deadline``; True if the caller must ``start()``.
+
+        ``_context._derive`` inlines these steps on its hot path.
+        """
+        armed = self.armed
+        b = armed.setdefault(deadline, ctx)
+        start = False
+        if b is ctx:
+            heapq.heappush(self.heap, deadline)
+            if deadline < self.wake_at:
+                start = self.wake(deadline)
+        elif type(b) is dict:
+            b[ctx] = None
+        else:
+            armed[deadline] = {b: None, ctx: None}
+        ctx._entry = self
+        return start
+
+    def disarm(self, ctx: Any) -> None:
+        """Remove ``ctx``'s deadline; the heap value is dropped now if it is the last one.
+
+        Idempotent, and safe to repeat after an asynchronous exception interrupted it: it
+        only removes what is still ``ctx``'s. A deadline no context shares any more is
+        removed from ``armed`` (an empty bucket would keep the thread waiting for it).
+        """
+        d = ctx._deadline
+        armed = self.armed
+        b = armed.get(d)
+        if b is ctx:
+            del armed[d]
+        elif type(b) is dict:
+            b.pop(ctx, None)
+            if b:
+                ctx._entry = None
+                return
+            del armed[d]
+        else:
+            ctx._entry = None
+            return
+        ctx._entry = None
+        h = self.heap
+        if h and h[-1] == d:  # the newest timer, cancelled first: common, and O(1)
+            h.pop()
+        else:
+            self.compact()
+
     def compact(self) -> None:
         """Sweep dead values out if they are the majority (amortised O(1) per cancel)."""
         heap = self.heap
@@ -86,16 +140,21 @@ class TimerQueue:
             self.heap = [x for x in heap if x in self.armed]
             heapq.heapify(self.heap)
 
-    def wake(self, deadline: float) -> None:
-        """A deadline earlier than ``wake_at`` was pushed: start or wake the thread."""
+    def wake(self, deadline: float) -> bool:
+        """A deadline earlier than ``wake_at`` was pushed: wake the thread.
+
+        Returns True if no thread runs: the caller must call ``start()`` once it has left
+        the critical section (a thread is never started under the lock).
+        """
         self.wake_at = deadline
         if self._thread is None:
-            self._start()
-        elif self._wake.locked():
+            return True
+        if self._wake.locked():
             try:
                 self._wake.release()
             except RuntimeError:  # another thread woke it first
                 pass
+        return False
 
     def pop_due(self, t: float) -> list[Any]:
         """Disarm and return the contexts whose deadline is <= t, in deadline order."""
@@ -117,17 +176,65 @@ class TimerQueue:
 
     # -- the thread --------------------------------------------------------------------
 
-    def _start(self) -> None:
-        t = threading.Thread(target=self._run, name="tether-timer", daemon=True)
-        self._thread = t
-        t.start()
+    def start(self) -> None:
+        """Start the timer thread unless one runs or is starting. Call without the lock.
+
+        Raises ``RuntimeError`` if the thread cannot be started; the queue is then left as
+        if none had been asked for, so that the next ``wake()`` tries again. A thread that
+        died is replaced.
+        """
+        from . import _threads
+
+        if not self._enter():  # re-entered: start it once the holder leaves
+            self._defer(self._start_logged)
+            return
+        try:
+            cur = self._thread
+            if cur is not None and (cur.ident is None or cur.is_alive()):
+                return  # running, or being started by another thread
+            t = self._thread = _threads.new(self._run, name="tether-timer")
+        finally:
+            self._leave()
+        try:
+            t.start()
+        except BaseException:
+            if self._enter():
+                try:
+                    if self._thread is t:
+                        self._thread = None
+                        self.wake_at = math.inf
+                finally:
+                    self._leave()
+            raise
+
+    def _start_logged(self) -> None:
+        try:
+            self.start()
+        except RuntimeError:
+            import logging
+
+            logging.getLogger("tether").exception("tether: could not start the timer thread")
 
     def _run(self) -> None:
-        lock = self._lock
         me = threading.current_thread()
+        try:
+            self._loop(me)
+        finally:
+            # However the loop ended, a later wake() must see that no thread runs.
+            if self._enter():
+                try:
+                    if self._thread is me:
+                        self._thread = None
+                        self.wake_at = math.inf
+                finally:
+                    self._leave()
+
+    def _loop(self, me: threading.Thread) -> None:
         idle_since: float | None = None
         while True:
-            with lock:
+            if not self._enter():  # pragma: no cover - the thread's own top level
+                raise AssertionError("tether: the timer thread re-entered the tree lock")
+            try:
                 if self._thread is not me:  # replaced after a fork
                     return
                 t = time.monotonic()
@@ -151,8 +258,15 @@ class TimerQueue:
                         return
                     self.wake_at = math.inf
                     wait = IDLE_SECONDS
+            finally:
+                self._leave()
             if due:
-                self._expire(due)
+                try:
+                    self._expire(due)
+                except Exception:  # isolated: one failure must not stop every deadline
+                    import logging
+
+                    logging.getLogger("tether").exception("tether: ending expired contexts raised")
                 del due
                 continue
             # Lock.acquire(timeout) may return a hair early; the loop re-checks the clock,
@@ -170,10 +284,16 @@ class TimerQueue:
         self.wake_at = math.inf
         if self.threaded and self.heap:
             self.wake_at = self.heap[0]
-            self._start()
+            from . import _threads
+
+            t = self._thread = _threads.new(self._run, name="tether-timer")
+            try:
+                t.start()
+            except RuntimeError:
+                self._thread = None
 
 
-def register_fork_hooks(lock: threading.Lock, queue: TimerQueue) -> None:
+def register_fork_hooks(lock: threading.RLock, queue: TimerQueue) -> None:
     """Hold the tree lock across fork(), and restart the timer thread in the child."""
     if not hasattr(os, "register_at_fork"):  # pragma: no cover - Windows
         return

@@ -24,13 +24,33 @@ Locking
 -------
 ``_LOCK`` is one process-wide leaf lock. It protects, on every owner: ``_err``,
 ``_cause``, ``_children``, ``_waiters``, ``_entry``, ``_event``; and every timer
-queue.
-Whoever holds it never calls user code, never blocks, never takes another lock (except
-releasing the timer thread's wake lock, which cannot block). Cancellation therefore runs
-in two phases: under the lock, mark the whole subtree ended and collect what must be
-woken; then, without the lock, wake it (set thread events, post to event loops, hand
-``after_func`` callbacks to the runner). A reader needs no lock: ``_err`` goes from
-``None`` to an exception once and never changes after.
+queue. A reader needs no lock: ``_err`` goes from ``None`` to an exception once and
+never changes after.
+
+The lock discipline (docs/design.md section 6 explains why):
+
+- A critical section is entered with ``_enter()`` (or its inline copy on the hot paths)
+  and left with ``_leave()``. ``_held`` is true exactly while a critical section may have
+  left the tree inconsistent.
+- Code can re-enter on the *same* thread while it holds the lock: a garbage-collector
+  pass started by any allocation runs finalizers (a generator suspended inside
+  ``with with_cancel(...)`` closes its scope), and a signal handler runs between two
+  bytecodes. ``_LOCK`` is an ``RLock`` so that such a re-entry does not deadlock, and
+  ``_held`` tells it that it re-entered: it then does not touch the tree, but *defers*
+  its work (``_defer``), which the holder runs as soon as it leaves (as CPython's
+  ``queue`` did for bpo-14976). A cancel from a finalizer or a signal handler therefore
+  takes effect microseconds later, when the interrupted critical section ends.
+- Under the lock: no user code, no blocking, no thread start, no other lock but the timer
+  thread's wake lock (released, never waited for). Allocating is allowed (a collection
+  it starts can only defer work, see above).
+- ``_mark`` survives an asynchronous exception (``KeyboardInterrupt`` from a signal
+  handler) at any point: it marks the whole subtree before it unlinks anything, and every
+  step is idempotent, so the caller finishes an interrupted ``_mark`` by running it again
+  before re-raising. No live descendant is ever left under an ended ancestor.
+- Cancellation runs in two phases: under the lock, mark the whole subtree ended and
+  collect what must be woken; then, without the lock, wake it (set thread events, post to
+  event loops, hand ``after_func`` callbacks to the runner), each waiter isolated from the
+  others' failures.
 """
 
 from __future__ import annotations
@@ -40,9 +60,11 @@ import numbers
 import sys
 import threading
 import warnings
+from collections import deque
 from collections.abc import Callable, Generator, Hashable
 from contextvars import ContextVar
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from heapq import heappush as _heappush
 from types import CodeType, TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, final, overload
@@ -79,7 +101,9 @@ T = TypeVar("T")
 # waker's event loop, or a CancelFunc inside ``async with`` (it interrupts its task).
 Waiter = Any
 
-_LOCK = threading.Lock()
+_LOCK = threading.RLock()
+_held = False  # a critical section is in progress (see "Locking" above)
+_deferred: deque[Callable[[], object]] = deque()  # work of re-entrant calls, run on leave
 _new = object.__new__
 _getframe = sys._getframe
 
@@ -100,6 +124,77 @@ def _load_aio() -> Any:
 # derived while it is set is recorded with its creation site (code, lasti), so a test can
 # ask which contexts are still live and reachable, and where they were made.
 _track: Any = None
+
+# Set by tether._observe while an observer is registered: an object whose
+# ``created(ctx, parent, kind)`` is called after an owner is derived and whose
+# ``ended(list of (ctx, reason))`` is called, without the lock, after owners ended.
+# With none registered, the hot paths pay one global check.
+_observer: Any = None
+
+
+def _enter() -> bool:
+    """Enter a critical section. False, with nothing held, if this thread re-entered one.
+
+    A re-entry is a finalizer or a signal handler that runs while this thread is inside a
+    critical section: it must not touch the tree, and ``_defer``s its work instead.
+    """
+    global _held
+    _LOCK.acquire()
+    if _held:
+        _LOCK.release()
+        return False
+    _held = True
+    return True
+
+
+def _leave() -> None:
+    """Leave a critical section, then run the work that re-entrant calls deferred."""
+    global _held
+    _held = False
+    _LOCK.release()
+    if _deferred:
+        _run_deferred()
+
+
+def _defer(fn: Callable[[], object]) -> None:
+    """Run ``fn()`` when the critical section this thread is inside ends."""
+    _deferred.append(fn)
+
+
+def _run_deferred() -> None:
+    """Run deferred work, oldest first (a derive's link before the cancel that follows)."""
+    while True:
+        try:
+            fn = _deferred.popleft()
+        except IndexError:
+            return
+        try:
+            fn()
+        except Exception:
+            _log_exception("tether: deferred cancellation work raised")
+
+
+class _Section:
+    """``with _section:`` on cold paths: a critical section, an error if re-entered."""
+
+    def __enter__(self) -> None:
+        if not _enter():
+            raise RuntimeError(
+                "tether: this call cannot run inside a finalizer or signal handler that "
+                "interrupted tether's own bookkeeping"
+            )
+
+    def __exit__(self, *exc: object) -> None:
+        _leave()
+
+
+_section = _Section()
+
+
+def _log_exception(msg: str) -> None:
+    import logging  # only on failure paths: `import tether` stays light
+
+    logging.getLogger("tether").exception(msg)
 
 
 # --------------------------------------------------------------------------------------
@@ -131,6 +226,12 @@ class Key(Generic[T]):
 
     def __reduce__(self) -> Any:
         raise TypeError("tether: a Key is compared by identity and cannot be pickled")
+
+    def __copy__(self) -> Key[T]:
+        return self
+
+    def __deepcopy__(self, memo: object) -> Key[T]:
+        return self  # compared by identity: a copy must be the key itself
 
 
 # --------------------------------------------------------------------------------------
@@ -387,15 +488,22 @@ class Done:
                     timeout = None
         ev = c._event
         if ev is None:
+            new = threading.Event()
             if c is _BACKGROUND:
-                return threading.Event().wait(timeout)
-            with _LOCK:
-                if c._err is not None:
-                    return True
-                ev = c._event
-                if ev is None:
-                    ev = c._event = threading.Event()
-                    _put_waiter(c, ev.set)
+                return new.wait(timeout)
+            if _enter():
+                try:
+                    if c._err is not None:
+                        return True
+                    ev = c._event
+                    if ev is None:
+                        ev = c._event = new
+                        _put_waiter(c, new.set)
+                finally:
+                    _leave()
+            else:  # re-entered by a finalizer or a signal handler: register afterwards
+                ev = new
+                _defer(partial(_late_add, c, new.set))
         return ev.wait(timeout)
 
     def __await__(self) -> Generator[Any, None, None]:
@@ -461,76 +569,152 @@ def _add_waiter(c: Context, w: Waiter) -> bool:
     """Register ``w`` to run when owner ``c`` ends. False (nothing kept) if already ended.
 
     ``c`` must not be background, which never ends (callers keep nothing for it).
+    Re-entered from a finalizer or a signal handler, the registration is deferred (and
+    ``w`` runs then if ``c`` ended meanwhile); it returns True.
     """
-    with _LOCK:
+    if not _enter():
+        _defer(partial(_late_add, c, w))
+        return True
+    try:
         if c._err is not None:
             return False
         _put_waiter(c, w)
         return True
+    finally:
+        _leave()
+
+
+def _late_add(c: Context, w: Waiter) -> None:
+    """A deferred ``_add_waiter``: register ``w``, or wake it now if ``c`` ended meanwhile."""
+    if not _enter():
+        _defer(partial(_late_add, c, w))
+        return
+    try:
+        if c._err is None:
+            _put_waiter(c, w)
+            return
+    finally:
+        _leave()
+    _notify([w])
 
 
 def _remove_waiter(c: Context, w: Waiter) -> None:
-    with _LOCK:
+    if not _enter():
+        _defer(partial(_remove_waiter, c, w))
+        return
+    try:
         _drop_waiter(c, w)
+    finally:
+        _leave()
 
 
-def _mark(
-    root: Context,
-    err: ContextError,
-    cause: BaseException | None,
-    out: list[Waiter] | None = None,
-) -> list[Waiter] | None:
-    """End ``root`` and its whole subtree. Holds _LOCK. Returns the waiters to wake.
+# What _mark collected, read and cleared by its caller before it leaves the critical
+# section (guarded by the lock). Kept here, not in a local list, so that what an
+# interrupted _mark collected is not lost, and so that a cancel with nothing to wake
+# allocates nothing.
+_out: list[Waiter] = []
+_ended: list[tuple[Context, str]] = []  # (owner, reason) while an observer is registered
 
-    ``root`` must be live. It is unlinked from the owner it is registered with; its
+
+def _mark(root: Context, err: ContextError, cause: BaseException | None) -> None:
+    """End ``root`` and its whole subtree. Holds the lock.
+
+    Appends the waiters to wake to ``_out`` (and, with an observer, the ended owners to
+    ``_ended``). ``root`` is unlinked from the owner it is registered with; its
     descendants need no unlinking, since their parents' child sets are dropped whole.
-    The waiters are appended to ``out`` (a new list if it is ``None`` and there are any).
+
+    Safe against an asynchronous exception at any point: every owner of the subtree is
+    marked before any child set is dropped, and each step is idempotent, so running it
+    again (``_finish``) completes an interrupted run. An owner already ended is not
+    marked again, but its children are still visited.
     """
     c = root
     stack: list[Context] | None = None
+    parents: list[Context] | None = None
     while True:
-        c._cause = cause
-        c._err = err
-        q = c._entry
-        if q is not None:  # disarm its timer (inline, as arming is)
-            c._entry = None
-            d: float = c._deadline  # type: ignore[assignment]  # armed: it has one
-            armed = q.armed
-            b = armed.pop(d)
-            if b is c:
-                h = q.heap
-                if h[-1] == d:  # the newest timer, cancelled first: common, and O(1)
-                    h.pop()
-                elif len(h) > 2 * len(armed):
-                    q.compact()
-            else:  # a deadline shared with other contexts: put the rest back
-                del b[c]
-                armed[d] = b
-        ws = c._waiters
-        if ws is not None:
-            c._waiters = None
-            if out is None:
-                out = []
-            if type(ws) is dict:
-                out.extend(ws)
-            else:
-                out.append(ws)
+        if c._err is None:
+            ws = c._waiters
+            if ws is not None:
+                if type(ws) is dict:
+                    _out.extend(ws)
+                else:
+                    _out.append(ws)
+                c._waiters = None
+            q = c._entry
+            if q is not None:
+                q.disarm(c)
+            c._cause = cause
+            c._err = err
+            if _observer is not None:
+                _ended.append(
+                    (c, "parent" if c is not root else _REASONS.get(type(err), "canceled"))
+                )
         ch = c._children
         if ch is not None:
-            c._children = None
             if stack is None:
                 stack = list(ch)
+                parents = [c]
             else:
                 stack.extend(ch)
+                parents.append(c)  # type: ignore[union-attr]
         if not stack:
             break
         c = stack.pop()
+    if parents is not None:
+        for c in parents:
+            c._children = None
     p = root._pnode
     if p is not None:
         ch = p._children
         if ch is not None:
             ch.discard(root)
-    return out
+
+
+_REASONS: dict[type, str] = {DeadlineExceeded: "deadline", Canceled: "canceled"}
+
+
+def _finish(
+    roots: tuple[Context, ...] | list[Context],
+    err: ContextError,
+    cause: BaseException | None,
+    deadline: bool,
+) -> None:
+    """Complete ``_mark`` of ``roots`` after an asynchronous exception interrupted it.
+
+    Runs under the lock; absorbs further interruptions until the subtrees are all ended
+    (the first one is re-raised by the caller), then drops the duplicate waiters that a
+    run interrupted between collecting and clearing them may have left.
+    """
+    while True:
+        try:
+            for c in roots:
+                _mark(c, err, c._dcause if deadline else cause)
+            break
+        except BaseException:  # a second Ctrl-C: finish; the caller re-raises the first
+            continue
+    _out[:] = dict.fromkeys(_out)
+    _ended[:] = dict.fromkeys(_ended)
+
+
+def _take() -> tuple[list[Waiter] | None, list[tuple[Context, str]] | None]:
+    """What the finished ``_mark`` calls collected, and clear it. Holds the lock."""
+    out = ended = None
+    if _out:
+        out = _out.copy()
+        _out.clear()
+    if _ended:
+        ended = _ended.copy()
+        _ended.clear()
+    return out, ended
+
+
+def _report(ended: list[tuple[Context, str]]) -> None:
+    obs = _observer
+    if obs is not None:
+        try:
+            obs.ended(ended)
+        except Exception:
+            _log_exception("tether: an observer raised")
 
 
 def _notify(out: list[Waiter]) -> None:
@@ -541,8 +725,13 @@ def _notify(out: list[Waiter]) -> None:
     a CancelFunc in ``async with``, whose ``_interrupt`` runs on its waker's loop. Loop
     work is grouped so that each loop is posted to once, however many of its tasks were
     waiting, and without allocating per waiter.
+
+    Each waiter is isolated from the others: one that raises an ``Exception`` is logged
+    and the rest are still woken; a ``BaseException`` (``KeyboardInterrupt``) is re-raised
+    once every waiter has been woken.
     """
     loops: dict[_Waker, list[Any]] | None = None
+    fatal: BaseException | None = None
     for w in out:
         t = type(w)
         if t is CancelFunc:  # the waker's drain calls its _interrupt()
@@ -550,7 +739,13 @@ def _notify(out: list[Waiter]) -> None:
         elif t is tuple:
             waker, fn = w
         else:
-            w()
+            try:
+                w()
+            except Exception:
+                _log_exception("tether: waking a waiter raised")
+            except BaseException as e:
+                if fatal is None:
+                    fatal = e
             continue
         if loops is None:
             loops = {}
@@ -561,24 +756,54 @@ def _notify(out: list[Waiter]) -> None:
             fns.append(fn)
     if loops is not None:
         for waker, fns in loops.items():
-            waker.post_many(fns)
+            try:
+                waker.post_many(fns)
+            except Exception:
+                _log_exception("tether: waking an event loop raised")
+            except BaseException as e:
+                if fatal is None:
+                    fatal = e
+    if fatal is not None:
+        raise fatal
 
 
 def _cancel(
     c: Context, err: ContextError, cause: BaseException | None, drop: Waiter | None = None
 ) -> None:
-    """End owner ``c`` (first cancellation wins); first unregister ``drop``, if given."""
+    """End owner ``c`` (first cancellation wins); first unregister ``drop``, if given.
+
+    Re-entered from a finalizer or a signal handler while this thread is inside a
+    critical section, it is deferred until that section ends.
+    """
+    global _held
     _LOCK.acquire()
-    try:
-        if drop is not None:
-            _drop_waiter(c, drop)
-        if c._err is not None:
-            return
-        out = _mark(c, err, cause)
-    finally:
+    if _held:
         _LOCK.release()
+        _defer(partial(_cancel, c, err, cause, drop))
+        return
+    _held = True
+    interrupted: BaseException | None = None
+    try:
+        try:
+            if drop is not None:
+                _drop_waiter(c, drop)
+            if c._err is None:
+                _mark(c, err, cause)
+        except BaseException as e:  # KeyboardInterrupt mid-way: finish, then re-raise
+            interrupted = e
+            _finish((c,), err, cause, False)
+        out, ended = _take() if (_out or _ended) else (None, None)
+    finally:
+        _held = False
+        _LOCK.release()
+    if _deferred:
+        _run_deferred()
+    if ended is not None:
+        _report(ended)
     if out is not None:
         _notify(out)
+    if interrupted is not None:
+        raise interrupted
 
 
 def _expire(due: list[Context]) -> None:
@@ -587,17 +812,79 @@ def _expire(due: list[Context]) -> None:
     Contexts that expire together share one ``DeadlineExceeded`` instance, as a subtree
     ended by one cancellation does.
     """
-    out: list[Waiter] = []
     err = DeadlineExceeded()
-    with _LOCK:
-        for c in due:
-            if c._err is None:
-                _mark(c, err, c._dcause, out)
-    if out:
+    if not _enter():
+        _defer(partial(_expire, due))
+        return
+    interrupted: BaseException | None = None
+    try:
+        try:
+            for c in due:
+                if c._err is None:
+                    _mark(c, err, c._dcause)
+        except BaseException as e:
+            interrupted = e
+            _finish(due, err, None, True)
+        out, ended = _take()
+    finally:
+        _leave()
+    if ended is not None:
+        _report(ended)
+    if out is not None:
         _notify(out)
+    if interrupted is not None:
+        raise interrupted
 
 
-_clock.timers = _REAL_TIMERS = _clock.TimerQueue(_LOCK, _expire, threaded=True)
+def _unlink(c: Context) -> None:
+    """Undo a derive that did not complete: unregister ``c``, disarm it. Holds the lock."""
+    p = c._pnode
+    if p is not None:
+        ch = p._children
+        if ch is not None:
+            ch.discard(c)
+        c._pnode = None
+    q = c._entry
+    if q is not None:
+        q.disarm(c)
+
+
+def _link(p: Context, c: Context, deadline: float | None) -> None:
+    """Finish a derive made re-entrantly (deferred): register ``c``, arm its deadline."""
+    if not _enter():
+        _defer(partial(_link, p, c, deadline))
+        return
+    start = False
+    q = _clock.timers
+    try:
+        if c._err is None:
+            if p._err is not None:
+                _mark(c, p._err, p._cause)
+            else:
+                if p is not _BACKGROUND:
+                    c._pnode = p
+                    ch = p._children
+                    if ch is None:
+                        p._children = {c}
+                    else:
+                        ch.add(c)
+                if deadline is not None:
+                    start = q.arm(c, deadline)
+        out, ended = _take()
+    finally:
+        _leave()
+    if ended is not None:
+        _report(ended)
+    if out is not None:
+        _notify(out)
+    if start:
+        try:
+            q.start()
+        except RuntimeError:
+            _log_exception("tether: could not start the timer thread")
+
+
+_clock.timers = _REAL_TIMERS = _clock.TimerQueue(_enter, _leave, _defer, _expire, threaded=True)
 _clock.register_fork_hooks(_LOCK, _REAL_TIMERS)
 
 
@@ -624,6 +911,7 @@ def _derive(
     ``deadline`` is the child's own (``None``: none); ``expired`` says it already
     passed (the caller knows it without reading the clock twice).
     """
+    global _held
     if type(parent) is not Context:
         _owner(parent)  # raises the right error
     p = parent._c or parent
@@ -660,37 +948,61 @@ def _derive(
         c._pnode = None  # nothing to register with, nothing to arm: no lock
     else:
         _LOCK.acquire()
-        try:
-            if p is _BACKGROUND:
-                c._pnode = None
-            elif p._err is not None:  # born ended under an ended parent
-                c._err = p._err
-                c._cause = p._cause
-                c._pnode = None
-                deadline = None
-            else:
-                c._pnode = p
-                ch = p._children
-                if ch is None:
-                    p._children = {c}
-                else:
-                    ch.add(c)
-            if deadline is not None:  # arm (inline: this is the hot path of with_timeout)
-                # arm (inline: this is with_timeout's hot path; see _clock's comment)
-                q = _clock.timers
-                armed = q.armed
-                b = armed.setdefault(deadline, c)
-                if b is c:
-                    _heappush(q.heap, deadline)
-                    if deadline < q.wake_at:
-                        q.wake(deadline)
-                elif type(b) is dict:
-                    b[c] = None
-                else:
-                    armed[deadline] = {b: None, c: None}
-                c._entry = q
-        finally:
+        if _held:  # re-entered by a finalizer or a signal handler: link it afterwards
             _LOCK.release()
+            c._pnode = None
+            _defer(partial(_link, p, c, deadline))
+        else:
+            _held = True
+            start = False
+            try:
+                if p is _BACKGROUND:
+                    c._pnode = None
+                elif p._err is not None:  # born ended under an ended parent
+                    c._err = p._err
+                    c._cause = p._cause
+                    c._pnode = None
+                    deadline = None
+                else:
+                    c._pnode = p
+                    ch = p._children
+                    if ch is None:
+                        p._children = {c}
+                    else:
+                        ch.add(c)
+                if deadline is not None:
+                    # arm (inline: this is with_timeout's hot path; TimerQueue.arm is
+                    # the same steps, see _clock's comment)
+                    q = _clock.timers
+                    armed = q.armed
+                    b = armed.setdefault(deadline, c)
+                    if b is c:
+                        _heappush(q.heap, deadline)
+                        if deadline < q.wake_at:
+                            start = q.wake(deadline)
+                    elif type(b) is dict:
+                        b[c] = None
+                    else:
+                        armed[deadline] = {b: None, c: None}
+                    c._entry = q
+            except BaseException:  # an asynchronous exception: undo the half-made link
+                _unlink(c)
+                raise
+            finally:
+                _held = False
+                _LOCK.release()
+            if _deferred:
+                _run_deferred()
+            if start:  # the timer thread is started outside the lock
+                try:
+                    q.start()
+                except RuntimeError as e:
+                    _abandon(c)
+                    raise RuntimeError(
+                        "tether: could not start the timer thread, so this deadline could "
+                        "not be armed (no context was created); the process is out of "
+                        "threads or shutting down"
+                    ) from e
     cf: CancelFunc = _new(CancelFunc)
     cf._ctx = c
     f = _getframe(2)
@@ -699,7 +1011,31 @@ def _derive(
     if _track is not None:
         _track[c] = (cf._code, cf._lasti)
     cf._state = 0
+    if _observer is not None:
+        c._label = (cf._code, cf._lasti)  # an owner's _label: its creation site
+        _observed(c, parent, kind)
     return Scope((c, cf))
+
+
+def _observed(c: Context, parent: Context, kind: str) -> None:
+    obs = _observer
+    if obs is not None:
+        try:
+            obs.created(c, parent, kind)
+        except Exception:
+            _log_exception("tether: an observer raised")
+
+
+def _abandon(c: Context) -> None:
+    """Unregister and disarm a context that will never be returned to anyone."""
+    if not _enter():
+        _defer(partial(_abandon, c))
+        return
+    try:
+        _unlink(c)
+        c._err = Canceled()
+    finally:
+        _leave()
 
 
 # --------------------------------------------------------------------------------------
@@ -756,10 +1092,12 @@ class CancelFunc:
 
         Never blocks or waits for the work the context governs; idempotent: the first
         cancellation wins, later calls (with or without a cause) do nothing; thread-safe and
-        safe from any event loop — but not from inside a ``signal`` handler, which may run
-        while the interrupted code holds the lock this takes: use
-        ``tether.signal_context``. On an already ended context it does nothing. Raises
-        ``TypeError`` if ``cause`` is not an exception or ``None``.
+        safe from any event loop. From a ``signal`` handler or a finalizer (``__del__``, a
+        generator closed by the garbage collector) that interrupted this thread inside
+        tether's own bookkeeping, the cancellation is deferred until that bookkeeping
+        ends — microseconds later — instead of deadlocking; ``tether.signal_context``
+        remains the simplest way to cancel on a signal. On an already ended context it
+        does nothing. Raises ``TypeError`` if ``cause`` is not an exception or ``None``.
         """
         if cause is not None and not isinstance(cause, BaseException):
             raise TypeError(
@@ -767,19 +1105,17 @@ class CancelFunc:
             )
         c = self._ctx
         if c._err is None:
-            _LOCK.acquire()
-            try:
-                if c._err is not None:
-                    return
-                out = _mark(c, Canceled(), cause)
-            finally:
-                _LOCK.release()
-            if out is not None:
-                _notify(out)
+            _cancel(c, Canceled(), cause)
 
     def __del__(self) -> None:
         c = self._ctx
-        if c._err is None and not sys.is_finalizing():
+        # A child of background() with no deadline is registered nowhere: dropping its
+        # cancel function leaks nothing, so there is nothing to warn about.
+        if (
+            c._err is None
+            and (c._pnode is not None or c._entry is not None)
+            and not sys.is_finalizing()
+        ):
             filename, line = _site(self._code, self._lasti)
             warnings.warn_explicit(
                 LostCancelWarning(
@@ -1158,27 +1494,54 @@ def cause(ctx: Context) -> BaseException | None:
 
 
 class _AfterFunc:
+    """One ``after_func`` registration; also the waiter its context runs when it ends.
+
+    ``_state``: 0 pending, 1 handed to the runner, 2 stopped, 3 running. Each transition
+    reads and writes ``_state`` with ``_LOCK`` held and nothing that can be interrupted
+    in between (no call, no loop), so it is taken re-entrantly without the ``_held``
+    protocol: a signal handler or finalizer that re-enters finds the state whole.
+    """
+
     __slots__ = ("_c", "_fn", "_state")
 
     def __init__(self, c: Context, fn: Callable[[], object]) -> None:
         self._c = c
         self._fn = fn
-        self._state = 0  # 0 pending, 1 started, 2 stopped; guarded by _LOCK
+        self._state = 0
 
-    def __call__(self) -> None:  # the context ended: start fn off this thread
-        with _LOCK:
-            if self._state:
-                return
+    def __call__(self) -> None:  # the context ended: hand fn to the runner
+        _LOCK.acquire()
+        s = self._state
+        if s == 0:
             self._state = 1
-        _runner.submit(self._fn)
+        _LOCK.release()
+        if s == 0 and not _runner.submit(self._run):
+            # No thread could be started: the job stays queued for the runner's next
+            # worker, and until then stop() can still prevent it.
+            _LOCK.acquire()
+            if self._state == 1:
+                self._state = 0
+            _LOCK.release()
+
+    def _run(self) -> None:  # on a runner thread
+        _LOCK.acquire()
+        s = self._state
+        if s < 2:
+            self._state = 3
+        _LOCK.release()
+        if s < 2:
+            self._fn()
 
     def stop(self) -> bool:
-        with _LOCK:
-            if self._state:
-                return False
+        _LOCK.acquire()
+        s = self._state
+        if s == 0:
             self._state = 2
-            _drop_waiter(self._c, self)
-            return True
+        _LOCK.release()
+        if s:
+            return False
+        _remove_waiter(self._c, self)
+        return True
 
 
 def after_func(ctx: Context, fn: Callable[[], object]) -> Callable[[], bool]:

@@ -13,6 +13,8 @@ import queue
 import threading
 from collections.abc import Callable
 
+from . import _threads
+
 __all__ = ["IDLE_SECONDS", "submit"]
 
 IDLE_SECONDS = 2.0
@@ -26,20 +28,43 @@ class _Runner:
         self._started = 0  # workers ever started, for thread names
         self._jobs: queue.SimpleQueue[Callable[[], object]] = queue.SimpleQueue()
 
-    def submit(self, fn: Callable[[], object]) -> None:
+    def submit(self, fn: Callable[[], object]) -> bool:
+        """Run ``fn()`` on a runner thread soon. Never blocks for long; any thread.
+
+        The job is queued first. Returns False if no worker was idle and a new one could
+        not be started: the job then waits in the queue for the next worker (started by a
+        later ``submit``), and the failure is logged.
+        """
         with self._lock:
+            self._jobs.put(fn)
             if self._idle:
                 self._idle -= 1
-                self._jobs.put(fn)
-                return
+                return True
             self._started += 1
             n = self._started
-        threading.Thread(
-            target=self._work, args=(fn,), name=f"tether-after-func-{n}", daemon=True
-        ).start()
+        try:
+            _threads.start(self._work, name=f"tether-after-func-{n}")
+        except RuntimeError:
+            import logging  # only on this path: `import tether` stays light
 
-    def _work(self, fn: Callable[[], object]) -> None:
+            logging.getLogger("tether").exception(
+                "tether: an after_func callback waits for a runner thread"
+            )
+            return False
+        return True
+
+    def _work(self) -> None:
+        get = self._jobs.get
         while True:
+            try:
+                fn = get(timeout=IDLE_SECONDS)
+            except queue.Empty:
+                with self._lock:
+                    # A job promised to an idle worker may have arrived just now.
+                    if not self._jobs.empty():
+                        continue
+                    self._idle -= 1
+                    return
             try:
                 fn()
             except BaseException:
@@ -49,17 +74,6 @@ class _Runner:
             del fn
             with self._lock:
                 self._idle += 1
-            while True:
-                try:
-                    fn = self._jobs.get(timeout=IDLE_SECONDS)
-                    break
-                except queue.Empty:
-                    with self._lock:
-                        # A job promised to an idle worker may have arrived just now.
-                        if not self._jobs.empty():
-                            continue
-                        self._idle -= 1
-                        return
 
     def _after_fork_in_child(self) -> None:
         # The workers did not survive the fork; queued jobs belong to the parent.

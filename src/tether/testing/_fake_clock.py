@@ -37,7 +37,9 @@ class FakeClock:
 
     def __init__(self, start: float | None = None) -> None:
         self._t = time.monotonic() if start is None else _context._seconds(start, "start")
-        self._timers = _clock.TimerQueue(_context._LOCK, _context._expire, threaded=False)
+        self._timers = _clock.TimerQueue(
+            _context._enter, _context._leave, _context._defer, _context._expire, threaded=False
+        )
         self._advance_lock = threading.Lock()
         self._saved: tuple[object, object] | None = None
 
@@ -63,7 +65,7 @@ class FakeClock:
         with self._advance_lock:
             self._t += s
             while True:
-                with _context._LOCK:
+                with _context._section:
                     due = self._timers.pop_due(self._t)
                 if not due:
                     return
@@ -71,11 +73,11 @@ class FakeClock:
 
     def timers(self) -> int:
         """How many deadlines are armed and not yet fired or cancelled."""
-        with _context._LOCK:
+        with _context._section:
             return self._timers.live()
 
     def __enter__(self) -> FakeClock:
-        with _context._LOCK:
+        with _context._section:
             if FakeClock._installed is not None:
                 raise RuntimeError("tether: a FakeClock is already installed; use one at a time")
             FakeClock._installed = self
@@ -90,7 +92,7 @@ class FakeClock:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        with _context._LOCK:
+        with _context._section:
             assert self._saved is not None
             _clock.now, _clock.timers = self._saved  # type: ignore[assignment]
             FakeClock._installed = None
