@@ -1,0 +1,247 @@
+"""Prometheus metrics for tether's contexts.
+
+::
+
+    from prometheus_client import start_http_server
+    from tether.integrations import prometheus
+
+    prometheus.instrument()          # into prometheus_client.REGISTRY
+    start_http_server(9100)
+
+Metrics (base units, ``_total`` counters):
+
+- ``tether_contexts_created_total{kind}``: owning contexts derived (``with_cancel``,
+  ``with_deadline`` — ``with_timeout`` included —, ``group``, ``task_group``,
+  ``to_thread``, ``signal_context``);
+- ``tether_contexts_ended_total{reason}``: ``canceled``, ``deadline``, ``parent`` (an
+  ancestor's end ended it);
+- ``tether_contexts_active``: derived since ``instrument()`` and not ended (nor
+  garbage-collected un-cancelled);
+- ``tether_context_lifetime_seconds``: histogram, creation to end, of the contexts
+  derived since ``instrument()``;
+- ``tether_inbound_budget_seconds``: histogram of the budgets inbound requests carried
+  (reported by the server middleware through ``tether.integrations._events``);
+  requests that sent none are counted in ``tether_inbound_budget_absent_total``;
+- ``tether_budget_exhausted_total{where}``: requests whose budget ran out at a
+  boundary (``asgi``, ``grpc``, ``outbound``...).
+
+How it stays cheap: the core's observer hook (``tether._observe``) calls two plain
+methods that update integers under one lock; the values become Prometheus metric
+families only when scraped (a custom collector), so a derive+cancel pays no
+``prometheus_client`` call. Times come from tether's clock, so ``FakeClock`` drives
+the lifetime histogram in tests. Needs ``prometheus_client``:
+``pip install 'tether[prometheus]'``.
+
+Added in 0.1.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from bisect import bisect_left
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from .. import _clock, _observe
+from .._context import Context
+from . import _events
+from ._tags import need
+
+need("prometheus_client", "prometheus", "prometheus")
+
+from prometheus_client.core import (  # noqa: E402
+    REGISTRY,
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
+
+if TYPE_CHECKING:
+    from prometheus_client.registry import CollectorRegistry
+
+__all__ = ["BUDGET_BUCKETS", "LIFETIME_BUCKETS", "Metrics", "instrument", "uninstrument"]
+
+# Context lifetimes: from a sub-millisecond in-process timeout to a long stream.
+LIFETIME_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+# Budgets callers send: typical RPC timeouts, up to minutes.
+BUDGET_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
+
+
+class _Histogram:
+    """Buckets, sum and count; updated under the owner's lock."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = tuple(float(b) for b in bounds)
+        self.counts = [0] * (len(self.bounds) + 1)  # the last one is +Inf
+        self.sum = 0.0
+
+    def observe(self, v: float) -> None:
+        self.counts[bisect_left(self.bounds, v)] += 1
+        self.sum += v
+
+    def family(self, name: str, doc: str) -> HistogramMetricFamily:
+        acc = 0
+        buckets: list[tuple[str, float]] = []
+        for bound, n in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            acc += n
+            buckets.append(("+Inf" if bound == float("inf") else repr(bound), acc))
+        return HistogramMetricFamily(name, doc, buckets=buckets, sum_value=self.sum)
+
+
+class Metrics:
+    """The observer and collector that ``instrument()`` registers.
+
+    Counts live here as plain integers; ``collect()`` turns them into metric families
+    at scrape time. All methods are thread-safe and non-blocking (one short lock).
+
+    Added in 0.1.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._created: dict[str, int] = {}
+        self._ended: dict[str, int] = {"canceled": 0, "deadline": 0, "parent": 0}
+        self._born: weakref.WeakKeyDictionary[Context, float] = weakref.WeakKeyDictionary()
+        self._lifetime = _Histogram(LIFETIME_BUCKETS)
+        self._budget = _Histogram(BUDGET_BUCKETS)
+        self._budget_absent = 0
+        self._exhausted: dict[str, int] = {}
+
+    # observer (tether._observe)
+    def on_create(self, ctx: Context, parent: Context, kind: str) -> None:
+        t = _clock.now()
+        with self._lock:
+            self._created[kind] = self._created.get(kind, 0) + 1
+            self._born[ctx] = t
+
+    def on_end(self, ctx: Context, reason: str) -> None:
+        t = _clock.now()
+        with self._lock:
+            self._ended[reason] = self._ended.get(reason, 0) + 1
+            t0 = self._born.pop(ctx, None)
+            if t0 is not None:
+                self._lifetime.observe(max(0.0, t - t0))
+
+    # sink (tether.integrations._events)
+    def inbound_budget(self, seconds: float | None) -> None:
+        with self._lock:
+            if seconds is None:
+                self._budget_absent += 1
+            else:
+                self._budget.observe(max(0.0, float(seconds)))
+
+    def budget_exhausted(self, where: str) -> None:
+        with self._lock:
+            self._exhausted[where] = self._exhausted.get(where, 0) + 1
+
+    # collector (prometheus_client)
+    def describe(self) -> list[Any]:
+        return []  # metric names are fixed; no need to collect at registration
+
+    def collect(self) -> Iterator[Any]:
+        with self._lock:
+            created = dict(self._created)
+            ended = dict(self._ended)
+            active = len(self._born)
+            lifetime = self._lifetime.family(
+                "tether_context_lifetime_seconds",
+                "Seconds from a context's creation to its end.",
+            )
+            budget = self._budget.family(
+                "tether_inbound_budget_seconds",
+                "Budgets (remaining seconds) that inbound requests carried.",
+            )
+            absent = self._budget_absent
+            exhausted = dict(self._exhausted)
+        c = CounterMetricFamily(
+            "tether_contexts_created", "Owning contexts derived.", labels=["kind"]
+        )
+        for kind, n in sorted(created.items()):
+            c.add_metric([kind], n)
+        yield c
+        e = CounterMetricFamily(
+            "tether_contexts_ended", "Owning contexts ended, by reason.", labels=["reason"]
+        )
+        for reason, n in sorted(ended.items()):
+            e.add_metric([reason], n)
+        yield e
+        yield GaugeMetricFamily(
+            "tether_contexts_active", "Contexts derived and not yet ended.", value=active
+        )
+        yield lifetime
+        yield budget
+        yield CounterMetricFamily(
+            "tether_inbound_budget_absent",
+            "Inbound requests that carried no budget.",
+            value=absent,
+        )
+        x = CounterMetricFamily(
+            "tether_budget_exhausted",
+            "Requests whose budget ran out at a boundary.",
+            labels=["where"],
+        )
+        for where, n in sorted(exhausted.items()):
+            x.add_metric([where], n)
+        yield x
+
+
+_install_lock = threading.Lock()
+_installed: tuple[Metrics, CollectorRegistry] | None = None
+
+
+def instrument(registry: CollectorRegistry | None = None) -> Metrics:
+    """Start counting contexts into ``registry`` (default ``prometheus_client.REGISTRY``).
+
+    Registers a ``Metrics`` observer with the core and as a collector with
+    ``registry``, and returns it. Idempotent: calling it again with the same registry
+    returns the same ``Metrics``. Thread-safe; does not block beyond a short lock.
+    Contexts derived before the call are not counted as created, active or in the
+    lifetime histogram, but their ends are counted; contexts that already ended are not
+    counted at all. Raises ``ValueError`` if tether is already instrumented into a
+    different registry (call ``uninstrument()`` first).
+
+    Added in 0.1.
+    """
+    global _installed
+    reg = REGISTRY if registry is None else registry
+    with _install_lock:
+        if _installed is not None:
+            metrics, current = _installed
+            if current is reg:
+                return metrics
+            raise ValueError(
+                "tether: already instrumented into another registry; "
+                "call tether.integrations.prometheus.uninstrument() first"
+            )
+        metrics = Metrics()
+        reg.register(metrics)
+        _observe.add_observer(metrics)
+        _events.set_sink(metrics)
+        _installed = (metrics, reg)
+        return metrics
+
+
+def uninstrument() -> None:
+    """Stop counting and unregister the collector; does nothing when not instrumented.
+
+    Idempotent; thread-safe; non-blocking (a short lock). Counts are discarded: a
+    later ``instrument()`` starts from zero. Raises nothing.
+
+    Added in 0.1.
+    """
+    global _installed
+    with _install_lock:
+        if _installed is None:
+            return
+        metrics, reg = _installed
+        _installed = None
+        _observe.remove_observer(metrics)
+        if _events._sink is metrics:
+            _events.set_sink(None)
+        try:
+            reg.unregister(metrics)
+        except KeyError:
+            pass
