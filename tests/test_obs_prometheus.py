@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-prometheus_client = pytest.importorskip("prometheus_client")
+pytest.importorskip("prometheus_client")
 
 from prometheus_client import CollectorRegistry, generate_latest
 
@@ -36,8 +36,8 @@ def value(reg, name, **labels):
 def test_created_ended_active_and_lifetime(registry):
     with FakeClock() as clock:
         a, cancel_a = tether.with_cancel(tether.background())
-        b, cancel_b = tether.with_timeout(a, 2.0)
-        c, cancel_c = tether.with_timeout(tether.background(), 0.02)
+        _b, cancel_b = tether.with_timeout(a, 2.0)
+        _c, cancel_c = tether.with_timeout(tether.background(), 0.02)
         tether.with_value(a, "k", 1)  # not an owner
         assert value(registry, "tether_contexts_created_total", kind="with_cancel") == 1
         assert value(registry, "tether_contexts_created_total", kind="with_deadline") == 2
@@ -82,7 +82,7 @@ def test_forgotten_context_is_not_active_forever(registry):
 
 def test_contexts_from_before_instrument_count_only_their_end():
     reg = CollectorRegistry()
-    before, cancel = tether.with_cancel(tether.background())
+    _before, cancel = tether.with_cancel(tether.background())
     prometheus.instrument(reg)
     try:
         cancel()
