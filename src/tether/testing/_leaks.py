@@ -210,9 +210,17 @@ class LeakCheck:
         runners._cancel_all_tasks = cancel_all_tasks
 
     def after_call(self) -> None:
+        # Only tasks on a loop that is not running now: nothing will move them on until
+        # a runner closes that loop (cancelling them). A loop running in another thread
+        # (a server fixture) may still finish its tasks: the pending check covers it.
         running = _current_tasks()
         for t in _pending_tasks():
-            if id(t) not in self._before_call and t not in running:
+            if (
+                id(t) not in self._before_call
+                and t not in running
+                and not t.get_loop().is_running()
+                and not t.cancelling()
+            ):
                 self._after_call[t] = task_summary(t)
 
     def _collect(self, *, collect_garbage: bool) -> Leaks:
