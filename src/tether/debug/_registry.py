@@ -1,8 +1,14 @@
 """The registry behind ``tether.debug``: live contexts, held by weak references.
 
-Locking: ``_Registry._lock`` guards ``_by_ctx``, ``_ended`` and the counters. It is a
-leaf lock: nothing is called under it but dict/deque operations (no user code, no
-other lock). The core calls ``on_create``/``on_end`` outside its own lock.
+The hot path (``on_create``/``on_end``, called by the core for every owner derived
+and ended) takes no lock and allocates two tuples: an entry is a plain tuple, stored
+in a dict under ``id(ctx)`` with a weak reference to the context (so the registry never
+keeps one alive), and every operation on the dict and the deque is a single atomic C
+call. An id found in the dict when a context ends is that context's own entry: a
+freed context's id can only be reused by one created later, whose ``on_create``
+overwrote the stale entry. Entries of contexts freed without ending are pruned when
+the registry is read. Line numbers are computed when read, too (the entry keeps code
+objects and instruction offsets).
 """
 
 from __future__ import annotations
@@ -13,10 +19,10 @@ import sys
 import threading
 import weakref
 from collections import deque
-from types import CodeType, FrameType
+from types import CodeType
 from typing import Any
 
-from .. import _clock, _observe
+from .. import _clock, _context, _observe
 from .._context import Context
 from .._keys import REQUEST_ID
 
@@ -25,52 +31,27 @@ __all__ = ["Registry"]
 _PKG = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Frames in these files are tether's plumbing; a creation stack starts below them.
 _SKIP = (os.path.join(_PKG, "_"), os.path.join(_PKG, "debug", ""))
-STACK_DEPTH = 8
+STACK_DEPTH = 6
+_getframe = sys._getframe
+_ref = weakref.ref
+
+# An entry: (seq, parent seq or None, kind, born, deadline, request id, stack, ref)
+Entry = tuple[int, int | None, str, float, float | None, Any, tuple[tuple[CodeType, int], ...], Any]
 
 
-class Entry:
-    """What the registry knows about one tracked owner."""
+def _site(stack: tuple[tuple[CodeType, int], ...]) -> str:
+    if not stack:
+        return "?"
+    filename, line = _context._site(*stack[0])
+    return f"{filename}:{line}"
 
-    __slots__ = (
-        "__weakref__",
-        "born",
-        "ctx_ref",
-        "deadline",
-        "ended",
-        "kind",
-        "parent",
-        "reason",
-        "repr",
-        "request_id",
-        "seq",
-        "stack",
-    )
 
-    born: float
-    ctx_ref: weakref.ref[Context]
-    deadline: float | None
-    kind: str
-    parent: int | None
-    request_id: str | None
-    seq: int
-    stack: list[tuple[CodeType, int]]
-
-    def __init__(self) -> None:
-        self.ended: float | None = None
-        self.reason: str | None = None
-        self.repr: str | None = None  # frozen at the end, when the context may be gone
-
-    def site(self) -> str:
-        if not self.stack:
-            return "?"
-        code, line = self.stack[0]
-        return f"{code.co_filename}:{line}"
-
-    def frames(self) -> list[str]:
-        out = []
-        for code, line in self.stack:
-            out.append(f"{code.co_filename}:{line} in {code.co_qualname}")
-        return out
+def _frames(stack: tuple[tuple[CodeType, int], ...]) -> list[str]:
+    out = []
+    for code, lasti in stack:
+        filename, line = _context._site(code, lasti)
+        out.append(f"{filename}:{line} in {code.co_qualname}")
+    return out
 
 
 class Registry:
@@ -79,86 +60,105 @@ class Registry:
     def __init__(self, limit: int, keep_ended: float) -> None:
         self.limit = limit
         self.keep_ended = keep_ended
-        self._lock = threading.Lock()
-        self._by_ctx: weakref.WeakKeyDictionary[Context, Entry] = weakref.WeakKeyDictionary()
-        self._ended: deque[Entry] = deque(maxlen=max(100, min(limit, 10_000)))
+        self._by_id: dict[int, Entry] = {}
+        # (entry, ended at, reason), oldest first
+        self._ended: deque[tuple[Entry, float, str]] = deque(maxlen=min(limit, 10_000))
         self._seq = itertools.count(1)
-        self.overflow = 0  # contexts not tracked because the registry was full
+        self._overflow = itertools.count()  # contexts not tracked: the registry was full
+        self._full = itertools.count()  # creates that found the registry full
+        self._read_lock = threading.Lock()  # serialises readers' pruning
+
+    @property
+    def overflow(self) -> int:
+        return int(repr(self._overflow)[6:-1])  # "count(N)"
 
     # ------------------------------------------------------------------ observer
     def on_create(self, ctx: Context, parent: Context, kind: str) -> None:
-        if len(self._by_ctx) >= self.limit:
-            with self._lock:
-                self.overflow += 1
-            return
-        f: FrameType | None = sys._getframe(1)
+        by_id = self._by_id
+        if len(by_id) >= self.limit:
+            # full: prune entries of contexts freed without ending, but only every 1024th
+            # time (a scan is O(limit)), then count the overflow
+            if next(self._full) % 1024 == 0:
+                self._live()
+            if len(by_id) >= self.limit:
+                next(self._overflow)
+                return
+        # frames 0-3: this method, the observer fan-out, the core's _observed, _derive
+        f: Any = _getframe(4)
         skip = _SKIP
         while f is not None and f.f_code.co_filename.startswith(skip):
             f = f.f_back
-        stack: list[tuple[CodeType, int]] = []
-        while f is not None and len(stack) < STACK_DEPTH:
-            stack.append((f.f_code, f.f_lineno))
+        stack = []
+        for _ in range(STACK_DEPTH):
+            if f is None:
+                break
+            stack.append((f.f_code, f.f_lasti))
             f = f.f_back
-        e = Entry()
-        e.seq = next(self._seq)
-        e.kind = kind
-        e.born = _clock.now()
-        e.deadline = ctx._deadline
-        e.stack = stack
-        e.ctx_ref = weakref.ref(ctx)
         owner = parent._c or parent
-        with self._lock:
-            pe = self._by_ctx.get(owner)
-            e.parent = pe.seq if pe is not None else None
-            e.request_id = None  # read at the end (or from the live context)
-            self._by_ctx[ctx] = e
+        pe = by_id.get(id(owner))
+        by_id[id(ctx)] = (
+            next(self._seq),
+            None if pe is None else pe[0],
+            kind,
+            _clock.now(),
+            ctx._deadline,
+            ctx.value(REQUEST_ID),
+            tuple(stack),
+            _ref(ctx),
+        )
 
     def on_end(self, ctx: Context, reason: str) -> None:
-        with self._lock:
-            e = self._by_ctx.pop(ctx, None)
-        if e is None:
-            return
-        e.ended = _clock.now()
-        e.reason = reason
-        e.repr = repr(ctx)
-        e.request_id = ctx.value(REQUEST_ID)
-        with self._lock:
-            self._ended.append(e)
+        e = self._by_id.pop(id(ctx), None)
+        if e is not None:
+            self._ended.append((e, _clock.now(), reason))
 
     # ------------------------------------------------------------------ reading
     def _live(self) -> list[tuple[Context, Entry]]:
-        with self._lock:
-            return list(self._by_ctx.items())
+        out = []
+        by_id = self._by_id
+        with self._read_lock:
+            for k, e in list(by_id.items()):
+                ctx = e[7]()
+                if ctx is None:  # freed without ending: not live, not a leak
+                    got = by_id.pop(k, None)
+                    if got is not None and got is not e:  # a new context took the id
+                        by_id.setdefault(k, got)
+                elif ctx.err() is None:
+                    out.append((ctx, e))
+        return out
 
-    def _recent(self, now: float) -> list[Entry]:
-        with self._lock:
-            while self._ended and now - (self._ended[0].ended or now) > self.keep_ended:
-                self._ended.popleft()
-            return list(self._ended)
+    def _recent(self, now: float) -> list[tuple[Entry, float, str]]:
+        ended = self._ended
+        with self._read_lock:
+            while ended and now - ended[0][1] > self.keep_ended:
+                ended.popleft()
+            return list(ended)
 
-    def row(self, e: Entry, ctx: Context | None, now: float) -> dict[str, Any]:
-        live = e.ended is None
-        d = ctx.deadline() if ctx is not None else e.deadline
-        rid = ctx.value(REQUEST_ID) if ctx is not None else e.request_id
+    @staticmethod
+    def _row(
+        e: Entry, now: float, ctx: Context | None, end: float | None, reason: str | None
+    ) -> dict[str, Any]:
+        seq, parent, kind, born, deadline, rid, stack, _ = e
+        live = end is None
         return {
-            "id": e.seq,
-            "parent": e.parent,
-            "kind": e.kind,
+            "id": seq,
+            "parent": parent,
+            "kind": kind,
             "state": "live" if live else "ended",
-            "reason": e.reason,
-            "repr": repr(ctx) if live and ctx is not None else e.repr,
-            "age": round((now if live else (e.ended or now)) - e.born, 6),
-            "deadline_in": None if d is None else round(d - now, 6),
-            "ended_ago": None if live else round(now - (e.ended or now), 6),
-            "site": e.site(),
+            "reason": reason,
+            "repr": repr(ctx) if ctx is not None else f"{kind} [{reason}]",
+            "age": round((now if end is None else end) - born, 6),
+            "deadline_in": None if deadline is None else round(deadline - now, 6),
+            "ended_ago": None if end is None else round(now - end, 6),
+            "site": _site(stack),
             "request_id": rid,
         }
 
     def snapshot(self) -> dict[str, Any]:
         now = _clock.now()
         live = self._live()
-        rows = [self.row(e, ctx, now) for ctx, e in live if ctx.err() is None]
-        rows += [self.row(e, None, now) for e in self._recent(now)]
+        rows = [self._row(e, now, ctx, None, None) for ctx, e in live]
+        rows += [self._row(e, now, None, end, reason) for e, end, reason in self._recent(now)]
         rows.sort(key=lambda r: r["id"])
         return {
             "enabled": True,
@@ -172,9 +172,9 @@ class Registry:
         now = _clock.now()
         out = []
         for ctx, e in self._live():
-            if ctx.err() is None and now - e.born >= older_than:
-                row = self.row(e, ctx, now)
-                row["stack"] = e.frames()
+            if now - e[3] >= older_than:
+                row = self._row(e, now, ctx, None, None)
+                row["stack"] = _frames(e[6])
                 out.append(row)
         out.sort(key=lambda r: -r["age"])
         return out

@@ -37,6 +37,8 @@ Added in 0.1.
 
 from __future__ import annotations
 
+import itertools
+import sys
 import threading
 import weakref
 from bisect import bisect_left
@@ -63,30 +65,44 @@ if TYPE_CHECKING:
 __all__ = ["BUDGET_BUCKETS", "LIFETIME_BUCKETS", "Metrics", "instrument", "uninstrument"]
 
 # Context lifetimes: from a sub-millisecond in-process timeout to a long stream.
+_GIL = getattr(sys, "_is_gil_enabled", lambda: True)()
+
 LIFETIME_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 # Budgets callers send: typical RPC timeouts, up to minutes.
 BUDGET_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
 
 
 class _Histogram:
-    """Buckets, sum and count; updated under the owner's lock."""
+    """Buckets, sum and count, updated without a lock.
 
-    __slots__ = ("bounds", "counts", "sum")
+    Each bucket is an ``itertools.count`` (``next()`` is one atomic C call). The sum is
+    a float attribute: ``self.sum += v`` runs no Python code between its read and its
+    write, so under the GIL no update is lost; free-threaded CPython (no GIL) takes
+    ``lock`` for it.
+    """
+
+    __slots__ = ("bounds", "counts", "lock", "sum")
 
     def __init__(self, bounds: Sequence[float]) -> None:
         self.bounds = tuple(float(b) for b in bounds)
-        self.counts = [0] * (len(self.bounds) + 1)  # the last one is +Inf
+        self.counts = [itertools.count() for _ in range(len(self.bounds) + 1)]  # last: +Inf
         self.sum = 0.0
+        self.lock = None if _GIL else threading.Lock()
 
     def observe(self, v: float) -> None:
-        self.counts[bisect_left(self.bounds, v)] += 1
-        self.sum += v
+        next(self.counts[bisect_left(self.bounds, v)])
+        lock = self.lock
+        if lock is None:
+            self.sum += v
+        else:
+            with lock:
+                self.sum += v
 
     def family(self, name: str, doc: str) -> HistogramMetricFamily:
         acc = 0
         buckets: list[tuple[str, float]] = []
         for bound, n in zip((*self.bounds, float("inf")), self.counts, strict=True):
-            acc += n
+            acc += _count_of(n)
             buckets.append(("+Inf" if bound == float("inf") else repr(bound), acc))
         return HistogramMetricFamily(name, doc, buckets=buckets, sum_value=self.sum)
 
@@ -101,29 +117,48 @@ class Metrics:
     """
 
     def __init__(self) -> None:
+        # The hot path (on_create/on_end) takes no lock: counters are itertools.count
+        # objects (next() is atomic) and _born is a dict written by single operations.
+        # _born maps id(ctx) -> (birth time, weak reference to ctx). An id found there
+        # when a context ends is that context's own entry (a dead context's id can be
+        # reused only by a context created later, whose on_create overwrote it); a
+        # context freed without ending leaves a dead entry, pruned at scrape time. It
+        # never keeps a context alive. _lock guards the rarely written parts.
         self._lock = threading.Lock()
-        self._created: dict[str, int] = {}
-        self._ended: dict[str, int] = {"canceled": 0, "deadline": 0, "parent": 0}
-        self._born: weakref.WeakKeyDictionary[Context, float] = weakref.WeakKeyDictionary()
+        self._created: dict[str, Iterator[int]] = {}
+        self._ended: dict[str, Iterator[int]] = {
+            r: itertools.count() for r in ("canceled", "deadline", "parent")
+        }
+        self._born: dict[int, tuple[float, weakref.ref[Context]]] = {}
         self._lifetime = _Histogram(LIFETIME_BUCKETS)
         self._budget = _Histogram(BUDGET_BUCKETS)
         self._budget_absent = 0
         self._exhausted: dict[str, int] = {}
 
-    # observer (tether._observe)
-    def on_create(self, ctx: Context, parent: Context, kind: str) -> None:
-        t = _clock.now()
+    def _counter(self, table: dict[str, Iterator[int]], key: str) -> Iterator[int]:
         with self._lock:
-            self._created[kind] = self._created.get(kind, 0) + 1
-            self._born[ctx] = t
+            return table.setdefault(key, itertools.count())
+
+    # observer (tether._observe): the hot path, a few C-level operations each
+    def on_create(self, ctx: Context, parent: Context, kind: str) -> None:
+        next(self._created.get(kind) or self._counter(self._created, kind))
+        self._born[id(ctx)] = (_clock.now(), weakref.ref(ctx))
 
     def on_end(self, ctx: Context, reason: str) -> None:
-        t = _clock.now()
-        with self._lock:
-            self._ended[reason] = self._ended.get(reason, 0) + 1
-            t0 = self._born.pop(ctx, None)
-            if t0 is not None:
-                self._lifetime.observe(max(0.0, t - t0))
+        next(self._ended.get(reason) or self._counter(self._ended, reason))
+        born = self._born.pop(id(ctx), None)
+        if born is not None:
+            t = _clock.now() - born[0]
+            self._lifetime.observe(t if t > 0.0 else 0.0)
+
+    def _active(self) -> int:
+        born = self._born
+        dead = [(k, v) for k, v in list(born.items()) if v[1]() is None]
+        for k, v in dead:
+            got = born.pop(k, None)
+            if got is not None and got is not v:  # a new context took the id meanwhile
+                born.setdefault(k, got)
+        return len(born)
 
     # sink (tether.integrations._events)
     def inbound_budget(self, seconds: float | None) -> None:
@@ -142,10 +177,10 @@ class Metrics:
         return []  # metric names are fixed; no need to collect at registration
 
     def collect(self) -> Iterator[Any]:
+        active = self._active()
         with self._lock:
-            created = dict(self._created)
-            ended = dict(self._ended)
-            active = len(self._born)
+            created = {k: _count_of(c) for k, c in self._created.items()}
+            ended = {k: _count_of(c) for k, c in self._ended.items()}
             lifetime = self._lifetime.family(
                 "tether_context_lifetime_seconds",
                 "Seconds from a context's creation to its end.",
@@ -186,6 +221,12 @@ class Metrics:
         for where, n in sorted(exhausted.items()):
             x.add_metric([where], n)
         yield x
+
+
+def _count_of(counter: Iterator[int]) -> int:
+    """How many times ``next()`` was called on an ``itertools.count()``, without calling it."""
+    # repr is "count(N)" on every CPython version (pickling support went in 3.14)
+    return int(repr(counter)[6:-1])
 
 
 _install_lock = threading.Lock()
