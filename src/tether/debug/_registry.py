@@ -232,7 +232,11 @@ def disable() -> None:
 
 
 def is_enabled() -> bool:
-    """Whether ``enable()`` is in effect. Non-blocking; thread-safe; raises nothing."""
+    """Whether ``enable()`` is in effect.
+
+    Non-blocking; thread-safe; idempotent (reads a flag, the same until
+    ``enable``/``disable``); says nothing about contexts, live or ended. Raises nothing.
+    """
     return _registry is not None
 
 

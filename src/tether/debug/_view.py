@@ -35,8 +35,8 @@ def asgi_app(*, allow: Iterable[str] = LOOPBACK, refresh: float = 1.0) -> ASGIAp
     ``allow`` contains ``"unix"``. Only ``GET``/``HEAD`` (``405`` otherwise).
     ``lifespan`` is answered; ``websocket`` connections are closed.
 
-    Building the app does not block; each call makes a new app; the app is safe to
-    serve from any event loop and thread. It reads contexts, never ends them, so it
+    Building the app does not block; each call makes a new app; the app is
+    thread-safe: serve it from any event loop and thread. It reads contexts, never ends them, so it
     shows ended contexts without harm. Raises ``ValueError`` for a malformed CIDR in
     ``allow`` or a non-positive ``refresh``.
 

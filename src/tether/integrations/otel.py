@@ -65,7 +65,10 @@ def outcome(ctx: Context, exc: BaseException | None) -> str:
 class Region:
     """A span tied to a context, for one ``with`` or ``async with`` block.
 
-    Made by ``region(ctx, name)``; see there. Enter it once.
+    Made by ``region(ctx, name)``; see there. Enter it once (a second entry raises
+    ``RuntimeError``); entering does not block. Not thread-safe: enter and exit it on one
+    thread or task (the context-ended event may come from any thread). A context that
+    already ended gives a span with the ended outcome.
 
     Added in 0.1.
     """

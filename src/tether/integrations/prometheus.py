@@ -112,7 +112,10 @@ class Metrics:
     """The observer and collector that ``instrument()`` registers.
 
     Counts live here as plain integers; ``collect()`` turns them into metric families
-    at scrape time. All methods are thread-safe and non-blocking (one short lock).
+    at scrape time. Its methods are called by tether (the observer and sink methods) and
+    by ``prometheus_client`` (``describe``/``collect``), not by users. Each returned by
+    ``instrument()`` is a new one, with counts from zero. Thread-safe, non-blocking;
+    raises nothing.
 
     Added in 0.1.
     """
@@ -143,6 +146,8 @@ class Metrics:
     # observer (tether._observe): the hot path, a few C-level operations each (the
     # histogram update is inlined: a method call costs as much as the update)
     def on_create(self, ctx: Context, parent: Context, kind: str) -> None:
+        """Observer: count a created owner. Non-blocking, lock-free, thread-safe; once per
+        context (the core calls it once), even for one born already ended. Raises nothing."""
         try:
             next(self._created[kind])
         except KeyError:
@@ -150,6 +155,8 @@ class Metrics:
         self._born[id(ctx)] = (_clock.now(), _ref(ctx))
 
     def on_end(self, ctx: Context, reason: str) -> None:
+        """Observer: count an ended owner and its lifetime. Non-blocking, lock-free,
+        thread-safe; the core calls it once per ended context. Raises nothing."""
         try:
             next(self._ended[reason])
         except KeyError:
@@ -178,6 +185,9 @@ class Metrics:
 
     # sink (tether.integrations._events)
     def inbound_budget(self, seconds: float | None) -> None:
+        """Sink: record one inbound budget (``None``: absent). Non-blocking (a short lock),
+        thread-safe; each call records once, whether or not the request already ended.
+        Raises nothing for numbers; ``TypeError`` for anything else."""
         with self._lock:
             if seconds is None:
                 self._budget_absent += 1
@@ -185,14 +195,24 @@ class Metrics:
                 self._budget.observe(max(0.0, float(seconds)))
 
     def budget_exhausted(self, where: str) -> None:
+        """Sink: count one exhausted budget at ``where``. Non-blocking (a short lock),
+        thread-safe; each call counts once, for a request that already ended. Raises
+        nothing."""
         with self._lock:
             self._exhausted[where] = self._exhausted.get(where, 0) + 1
 
     # collector (prometheus_client)
     def describe(self) -> list[Any]:
+        """Collector: no metrics described up front (names are fixed), so registering never
+        collects. Non-blocking, thread-safe, idempotent; unaffected by ended contexts.
+        Raises nothing."""
         return []  # metric names are fixed; no need to collect at registration
 
     def collect(self) -> Iterator[Any]:
+        """Collector: the metric families, built from the counts now. Non-blocking (short
+        locks; prunes entries of contexts freed without ending), thread-safe; each call
+        builds new families. Ended contexts count in the totals, not in active. Raises
+        nothing."""
         active = self._active()
         with self._lock:
             created = {k: _count_of(c) for k, c in self._created.items()}
@@ -285,7 +305,8 @@ def uninstrument() -> None:
     """Stop counting and unregister the collector; does nothing when not instrumented.
 
     Idempotent; thread-safe; non-blocking (a short lock). Counts are discarded: a
-    later ``instrument()`` starts from zero. Raises nothing.
+    later ``instrument()`` starts from zero. Contexts, live or already ended, are not
+    affected. Raises nothing.
 
     Added in 0.1.
     """

@@ -57,7 +57,8 @@ class ContextFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         """Tag ``record`` and return ``True`` (or ``False`` if ``name`` excludes it).
 
-        Non-blocking, thread-safe, idempotent; raises nothing (see the class).
+        Non-blocking, thread-safe, idempotent; a context that already ended still tags
+        the record; raises nothing (see the class).
         """
         if not super().filter(record):
             return False
