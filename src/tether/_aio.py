@@ -32,24 +32,32 @@ class _Waker:
 
     def __init__(self, loop: AbstractEventLoop) -> None:
         self.loop = loop
-        self._lock = threading.Lock()
+        # An RLock: a signal handler or finalizer that runs on this thread while it holds
+        # the lock (at a call inside the `with`) re-enters instead of deadlocking. It is
+        # safe because each section reads and writes _pending with no call in between.
+        self._lock = threading.RLock()
         self._pending: list[Any] | None = None  # None: no drain scheduled
 
-    def post(self, fn: Callable[[], object]) -> None:
-        """Run ``fn`` on the loop soon. Any thread; never blocks; dropped if closed."""
-        self.post_many([fn])
+    def post(self, fn: Callable[[], object]) -> bool:
+        """Run ``fn`` on the loop soon. Any thread; never blocks.
 
-    def post_many(self, fns: list[Any]) -> None:
+        Returns False if the loop is closed: ``fn`` will never run (whoever handed over
+        something that must not be lost, such as a Limiter slot, takes it back).
+        """
+        return self.post_many([fn])
+
+    def post_many(self, fns: list[Any]) -> bool:
         """Run each of ``fns`` on the loop soon, in order, in one loop callback.
 
         A CancelFunc among them stands for its ``_interrupt()`` (no bound method made).
+        Returns False if the loop is closed and nothing will run.
         """
+        loop = self.loop
         with self._lock:
             if self._pending is not None:
                 self._pending.extend(fns)
-                return
+                return not loop.is_closed()
             self._pending = fns
-        loop = self.loop
         try:
             if _get_running_loop() is loop:
                 loop.call_soon(self._drain)
@@ -58,6 +66,8 @@ class _Waker:
         except RuntimeError:  # the loop is closed: nobody is left to wake
             with self._lock:
                 self._pending = None
+            return False
+        return True
 
     def _drain(self) -> None:
         with self._lock:
@@ -65,10 +75,13 @@ class _Waker:
             self._pending = None
         cancel_func = _context.CancelFunc
         for fn in batch or ():
-            if type(fn) is cancel_func:
-                fn._interrupt()
-            else:
-                fn()
+            try:
+                if type(fn) is cancel_func:
+                    fn._interrupt()
+                else:
+                    fn()
+            except Exception:  # isolated: the rest of the batch still runs
+                _context._log_exception("tether: a wake-up on the event loop raised")
 
 
 _tls = threading.local()

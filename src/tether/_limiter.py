@@ -46,8 +46,9 @@ class _Waiter:
         self.lock = threading.Lock()
         self.lock.acquire()
 
-    def wake(self) -> None:
+    def wake(self) -> bool:
         self.lock.release()
+        return True
 
     def __call__(self) -> None:  # the context ended; any thread
         if self.limiter._give_up(self):
@@ -65,8 +66,8 @@ class _TaskWaiter:
         self.fut = fut
         self.waker = waker
 
-    def wake(self) -> None:  # any thread
-        self.waker.post(self._resolve)
+    def wake(self) -> bool:  # any thread; False: the task's loop is closed
+        return self.waker.post(self._resolve)
 
     def _resolve(self) -> None:  # loop thread
         if not self.fut.done():
@@ -244,21 +245,27 @@ class Limiter:
         context ended. Raises ``ValueError`` if no slot is held (more releases than
         acquires).
         """
-        with self._lock:
-            ws = self._waiters
-            if ws:
-                w = ws.popleft()
-                w.state = _GRANTED
-            else:
-                t = self._tokens
-                if len(t) >= self._n:
-                    raise ValueError(
-                        "tether: Limiter.release() without a matching acquire; release "
-                        "once per successful acquire()/try_acquire()"
-                    )
-                t.append(None)
+        while True:
+            with self._lock:
+                ws = self._waiters
+                if ws:
+                    w = ws.popleft()
+                    w.state = _GRANTED
+                else:
+                    t = self._tokens
+                    if len(t) >= self._n:
+                        raise ValueError(
+                            "tether: Limiter.release() without a matching acquire; release "
+                            "once per successful acquire()/try_acquire()"
+                        )
+                    t.append(None)
+                    return
+            if w.wake():
                 return
-        w.wake()
+            # The waiter's event loop is closed: it will never take the slot. Take the
+            # grant back (so that its cleanup does not release it again) and pass it on.
+            with self._lock:
+                w.state = _GAVE_UP
 
     def __enter__(self) -> Limiter:
         """``with limiter:`` is ``limiter.acquire(tether.current())``; returns the limiter.

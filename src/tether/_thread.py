@@ -46,6 +46,7 @@ from contextvars import Context as _CVContext
 from contextvars import copy_context
 from typing import TYPE_CHECKING, Any, TypeVar, TypeVarTuple
 
+from . import _threads
 from ._context import Context, _current, _derive, _fresh_error
 from ._errors import ContextError
 
@@ -80,25 +81,51 @@ class _Pool:
         self._monitoring = False  # the monitor thread runs
 
     def submit(self, job: Job) -> None:
-        """Run ``job()`` on a worker thread soon. Never blocks for long; any thread."""
+        """Run ``job()`` on a worker thread soon. Never blocks for long; any thread.
+
+        Raises ``RuntimeError`` (``tether: ...``) only if the job will not run: no worker
+        is alive and none could be started; the job was then not queued. A monitor that
+        cannot start is logged (the job runs on the workers there are) and retried by a
+        later submit.
+        """
         lock = self._lock
         lock.acquire()
-        q = self._queued = self._queued + 1
-        self._jobs.put(job)
-        if q <= self._waiting:  # a waiting worker takes it
+        if self._queued < self._waiting:  # a waiting worker takes it
+            self._queued += 1
+            self._jobs.put(job)
             lock.release()
             return
         spawn = self._live < MIN_WORKERS and not self._starting
         if spawn:
             n = self._reserve_locked(1)
+        else:  # workers are starting or busy: the monitor sees to it
+            self._queued += 1
+            self._jobs.put(job)
         monitor = not self._monitoring
         if monitor:
             self._monitoring = True
         lock.release()
         if spawn:
-            self._spawn(n, 1)
+            try:
+                self._spawn(n, 1)
+            except BaseException:
+                with lock:
+                    alive = self._live
+                    if not alive and monitor:
+                        self._monitoring = False
+                if not alive:
+                    raise  # nobody could run it: the caller learns, nothing was queued
+                # the live workers take it; the monitor adds more if they are stuck
+            with lock:
+                self._queued += 1
+                self._jobs.put(job)
         if monitor:
-            self._start_monitor()
+            try:
+                _threads.start(self._monitor, name="tether-worker-monitor")
+            except RuntimeError:
+                with lock:
+                    self._monitoring = False
+                _log.exception("tether: could not start the worker pool's monitor")
 
     def _reserve_locked(self, k: int) -> int:
         """Count ``k`` workers about to start; return the first one's number."""
@@ -109,14 +136,14 @@ class _Pool:
         return n
 
     def _spawn(self, first: int, k: int) -> None:
+        """Start ``k`` reserved workers; roll back the reservation of those that fail.
+
+        Raises if the first one cannot start; later failures are logged.
+        """
         for i in range(k):
-            t = threading.Thread(
-                target=self._work, args=(first + i,), name=f"tether-worker-{first + i}", daemon=True
-            )
             try:
-                t.start()
+                _threads.start(self._work, first + i, name=f"tether-worker-{first + i}")
             except BaseException:
-                # The jobs stay queued: running workers (or later ones) take them.
                 with self._lock:
                     left = k - i
                     self._starting -= left
@@ -160,15 +187,6 @@ class _Pool:
                 _log.exception("tether: a worker job raised")
             job = None  # type: ignore[assignment]
             lock.acquire()
-
-    def _start_monitor(self) -> None:
-        t = threading.Thread(target=self._monitor, name="tether-worker-monitor", daemon=True)
-        try:
-            t.start()
-        except BaseException:
-            with self._lock:
-                self._monitoring = False
-            raise
 
     def _monitor(self) -> None:
         lock = self._lock

@@ -358,8 +358,11 @@ class StopFunc:
             if self._stopped:
                 return
             self._stopped = True
-        self._scope[1]()
+        # Unregister first: a signal arriving between the two must not find this context
+        # already cancelled and take the "second signal" path (default action, re-raise),
+        # which would end the process without running finally blocks or atexit.
         _unregister(self._entry, self._signals)
+        self._scope[1]()
         _release_helper()
 
     def __del__(self) -> None:
