@@ -83,6 +83,7 @@ def make_app(metrics_app: Any) -> Any:
             _events.budget_exhausted("asgi")
             status = 504
         except tether.Canceled:
+            _events.client_disconnected("asgi")
             status = 499  # nobody to answer
         finally:
             watcher.cancel()

@@ -88,6 +88,7 @@ def test_metrics_scraped_over_http_are_exact(service):
         ("tether_inbound_budget_seconds_count", ()): 5,
         ("tether_inbound_budget_absent_total", ()): 2,
         ("tether_budget_exhausted_total", (("where", "asgi"),)): 2,
+        ("tether_client_disconnects_total", (("where", "asgi"),)): 1,
     }
     assert m[("tether_inbound_budget_seconds_sum", ())] == pytest.approx(15.4)
     assert m[("tether_inbound_budget_seconds_bucket", (("le", "0.25"),))] == 2

@@ -6,6 +6,7 @@ import gc
 import subprocess
 import sys
 import threading
+import types
 
 import pytest
 
@@ -107,6 +108,31 @@ def test_boundary_events(registry):
     assert value(registry, "tether_inbound_budget_absent_total") == 1
     assert value(registry, "tether_budget_exhausted_total", where="asgi") == 2
     assert value(registry, "tether_budget_exhausted_total", where="outbound") == 1
+    _events.client_disconnected("asgi")
+    assert value(registry, "tether_client_disconnects_total", where="asgi") == 1
+
+
+def test_malformed_headers_from_propagation(registry, monkeypatch):
+    try:
+        from tether import propagation  # type: ignore[attr-defined]
+    except ImportError:
+        propagation = None
+    if propagation is None or not hasattr(propagation, "malformed_headers"):
+        # the propagation module lives on another branch: stand in for its tally
+        fake = types.ModuleType("tether.propagation")
+        tally = {"x-request-timeout": 2}
+        fake.malformed_headers = lambda: dict(tally)  # type: ignore[attr-defined]
+        monkeypatch.setitem(sys.modules, "tether.propagation", fake)
+        want = 2
+    else:
+        before = propagation.malformed_headers().get("x-request-timeout", 0)
+        _ctx, cancel = propagation.extract(
+            tether.background(), {"x-request-timeout": "soon"}, peer="127.0.0.1"
+        )
+        cancel()
+        want = before + 1
+    got = value(registry, "tether_malformed_headers_total", header="x-request-timeout")
+    assert got == want
 
 
 def test_counts_are_exact_under_threads(registry):

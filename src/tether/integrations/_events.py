@@ -13,8 +13,10 @@ call is one global check.
   ``where`` names the place, lower case: ``"asgi"`` (a 504 before the response
   started), ``"asgi_response"`` (aborted after it started), ``"wsgi"``, ``"grpc"``,
   ``"outbound"`` (a call not sent because the budget was below ``policy.floor``).
+- ``client_disconnected(where)``: once per request whose client went away before the
+  answer (the 499s): ``"asgi"``, ``"websocket"``, ``"grpc"``.
 
-Both never block, are thread-safe, never raise (a failing sink is logged).
+All never block, are thread-safe, never raise (a failing sink is logged).
 """
 
 from __future__ import annotations
@@ -22,13 +24,15 @@ from __future__ import annotations
 import logging
 from typing import Protocol
 
-__all__ = ["Sink", "budget_exhausted", "inbound_budget", "set_sink"]
+__all__ = ["Sink", "budget_exhausted", "client_disconnected", "inbound_budget", "set_sink"]
 
 
 class Sink(Protocol):
     def inbound_budget(self, seconds: float | None) -> None: ...
 
     def budget_exhausted(self, where: str) -> None: ...
+
+    def client_disconnected(self, where: str) -> None: ...
 
 
 _sink: Sink | None = None
@@ -60,3 +64,13 @@ def budget_exhausted(where: str) -> None:
             s.budget_exhausted(where)
         except Exception:
             _log.exception("tether: a metrics sink raised in budget_exhausted")
+
+
+def client_disconnected(where: str) -> None:
+    """Record that a request's client went away before the answer (a 499)."""
+    s = _sink
+    if s is not None:
+        try:
+            s.client_disconnected(where)
+        except Exception:
+            _log.exception("tether: a metrics sink raised in client_disconnected")

@@ -23,7 +23,11 @@ Metrics (base units, ``_total`` counters):
   (reported by the server middleware through ``tether.integrations._events``);
   requests that sent none are counted in ``tether_inbound_budget_absent_total``;
 - ``tether_budget_exhausted_total{where}``: requests whose budget ran out at a
-  boundary (``asgi``, ``grpc``, ``outbound``...).
+  boundary (``asgi``, ``grpc``, ``outbound``...);
+- ``tether_client_disconnects_total{where}``: requests whose client went away first
+  (the 499s), reported by the middleware like the two above;
+- ``tether_malformed_headers_total{header}``: inbound header values that
+  ``tether.propagation.extract`` ignored (its ``malformed_headers()`` tally).
 
 How it stays cheap: the core's observer hook (``tether._observe``) calls two plain
 methods that update integers under one lock; the values become Prometheus metric
@@ -37,6 +41,7 @@ Added in 0.1.
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import sys
 import threading
@@ -138,6 +143,7 @@ class Metrics:
         self._budget = _Histogram(BUDGET_BUCKETS)
         self._budget_absent = 0
         self._exhausted: dict[str, int] = {}
+        self._disconnected: dict[str, int] = {}
 
     def _counter(self, table: dict[str, Iterator[int]], key: str) -> Iterator[int]:
         with self._lock:
@@ -201,6 +207,13 @@ class Metrics:
         with self._lock:
             self._exhausted[where] = self._exhausted.get(where, 0) + 1
 
+    def client_disconnected(self, where: str) -> None:
+        """Sink: count one client that went away at ``where``. Non-blocking (a short lock),
+        thread-safe; each call counts once, for a request that already ended. Raises
+        nothing."""
+        with self._lock:
+            self._disconnected[where] = self._disconnected.get(where, 0) + 1
+
     # collector (prometheus_client)
     def describe(self) -> list[Any]:
         """Collector: no metrics described up front (names are fixed), so registering never
@@ -227,6 +240,7 @@ class Metrics:
             )
             absent = self._budget_absent
             exhausted = dict(self._exhausted)
+            disconnected = dict(self._disconnected)
         c = CounterMetricFamily(
             "tether_contexts_created", "Owning contexts derived.", labels=["kind"]
         )
@@ -257,6 +271,33 @@ class Metrics:
         for where, n in sorted(exhausted.items()):
             x.add_metric([where], n)
         yield x
+        d = CounterMetricFamily(
+            "tether_client_disconnects",
+            "Requests whose client went away before the answer (499).",
+            labels=["where"],
+        )
+        for where, n in sorted(disconnected.items()):
+            d.add_metric([where], n)
+        yield d
+        malformed = _malformed_headers()
+        if malformed is not None:
+            h = CounterMetricFamily(
+                "tether_malformed_headers",
+                "Inbound deadline/request-id header values ignored as malformed.",
+                labels=["header"],
+            )
+            for name, n in sorted(malformed.items()):
+                h.add_metric([name], n)
+            yield h
+
+
+def _malformed_headers() -> dict[str, int] | None:
+    """``tether.propagation.malformed_headers()``, or ``None`` where it does not exist."""
+    try:
+        fn = importlib.import_module("tether.propagation").malformed_headers
+    except (ImportError, AttributeError):
+        return None
+    return dict(fn())
 
 
 def _count_of(counter: Iterator[int]) -> int:
