@@ -237,3 +237,26 @@ def test_structlog_module_without_structlog_names_the_extra():
         "tether: tether.integrations.structlog needs the 'structlog' extra: "
         "pip install 'tether[structlog]'"
     )
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "import tether.debug",
+        "import tether.integrations.stdlib_logging",
+        "import tether.integrations._events",
+        # a record outside any span: OpenTelemetry is tried, and only then imported
+        "import logging, tether.integrations.stdlib_logging as m; "
+        "m.ContextFilter().filter(logging.LogRecord('x', 20, 'f', 1, 'm', None, None))",
+    ],
+)
+def test_stdlib_only_modules_import_nothing_else(statement):
+    from tests.test_api import _imported_by
+
+    out = _imported_by(statement)
+    assert any(m.startswith("tether.") for m in out["new"])
+    if "filter(" in statement:
+        # OpenTelemetry (with its own dependencies) is the one library it may load
+        assert not [m for m in out["outside_stdlib"] if m.startswith(("prometheus", "structlog"))]
+    else:
+        assert out["outside_stdlib"] == []
