@@ -235,3 +235,20 @@ def test_asgi_lifespan_and_websocket():
         "lifespan.shutdown.complete",
         "websocket.close",
     ]
+
+
+def test_contexts_born_ended_show_as_ended(enabled):
+    parent, cancel = tether.with_cancel(tether.background())
+    cancel()
+    a = tether.with_cancel(parent)
+    b = tether.with_timeout(tether.background(), -1)
+    rows = debug.snapshot()["contexts"]
+    assert [(r["kind"], r["state"], r["reason"]) for r in rows] == [
+        ("with_cancel", "ended", "canceled"),
+        ("with_cancel", "ended", "parent"),
+        ("with_deadline", "ended", "deadline"),
+    ]
+    # links go to live tracked owners only: an ended parent is no longer one
+    assert rows[1]["parent"] is None
+    assert debug.snapshot()["tracked"] == 0
+    del a, b

@@ -187,3 +187,14 @@ def test_default_registry_and_missing_extra():
         "tether: tether.integrations.prometheus needs the 'prometheus' extra: "
         "pip install 'tether[prometheus]'"
     ), proc.stderr
+
+
+def test_contexts_born_ended_are_created_but_never_active(registry):
+    parent, cancel = tether.with_cancel(tether.background())
+    cancel()
+    tether.with_cancel(parent)  # born ended: its parent already ended
+    tether.with_timeout(tether.background(), -1)  # born expired
+    assert value(registry, "tether_contexts_created_total", kind="with_cancel") == 2
+    assert value(registry, "tether_contexts_created_total", kind="with_deadline") == 1
+    assert value(registry, "tether_contexts_active") == 0
+    assert value(registry, "tether_contexts_ended_total", reason="canceled") == 1

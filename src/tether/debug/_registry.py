@@ -96,7 +96,7 @@ class Registry:
             f = f.f_back
         owner = parent._c or parent
         pe = by_id.get(id(owner))
-        by_id[id(ctx)] = (
+        e: Entry = (
             next(self._seq),
             None if pe is None else pe[0],
             kind,
@@ -106,6 +106,11 @@ class Registry:
             tuple(stack),
             _ref(ctx),
         )
+        if ctx._err is None:
+            by_id[id(ctx)] = e
+        else:  # born ended (the core reports no end for it): show it as ended at once
+            reason = "parent" if owner._err is not None else "deadline"
+            self._ended.append((e, e[3], reason))
 
     def on_end(self, ctx: Context, reason: str) -> None:
         e = self._by_id.pop(id(ctx), None)

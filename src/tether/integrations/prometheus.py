@@ -158,7 +158,8 @@ class Metrics:
             next(self._created[kind])
         except KeyError:
             next(self._counter(self._created, kind))
-        self._born[id(ctx)] = (_clock.now(), _ref(ctx))
+        if ctx._err is None:  # a context born ended is never reported as ending
+            self._born[id(ctx)] = (_clock.now(), _ref(ctx))
 
     def on_end(self, ctx: Context, reason: str) -> None:
         """Observer: count an ended owner and its lifetime. Non-blocking, lock-free,
