@@ -249,8 +249,9 @@ def snapshot() -> dict[str, Any]:
     """The tracked contexts, as JSON-serialisable data.
 
     ``{"enabled", "limit", "tracked", "overflow", "contexts": [...]}``; each context:
-    ``id`` (a sequence number), ``parent`` (the id of the nearest tracked ancestor
-    owner, or ``None``), ``kind``, ``state`` (``"live"``/``"ended"``), ``reason``
+    ``id`` (a sequence number), ``parent`` (the id of its parent owner when that was
+    tracked and still live at the child's creation, else ``None``: the view draws it
+    as a root), ``kind``, ``state`` (``"live"``/``"ended"``), ``reason``
     (``"canceled"``/``"deadline"``/``"parent"`` once ended), ``repr``, ``age`` (seconds
     since creation, up to the end), ``deadline_in`` (seconds left, negative once
     passed, ``None`` without a deadline), ``ended_ago``, ``site`` (``file:line`` of the
