@@ -122,7 +122,7 @@ class Registry:
         out = []
         by_id = self._by_id
         with self._read_lock:
-            for k, e in list(by_id.items()):
+            for k, e in by_id.copy().items():
                 ctx = e[7]()
                 if ctx is None:  # freed without ending: not live, not a leak
                     got = by_id.pop(k, None)

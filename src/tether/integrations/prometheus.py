@@ -183,7 +183,7 @@ class Metrics:
 
     def _active(self) -> int:
         born = self._born
-        dead = [(k, v) for k, v in list(born.items()) if v[1]() is None]
+        dead = [(k, v) for k, v in born.copy().items() if v[1]() is None]
         for k, v in dead:
             got = born.pop(k, None)
             if got is not None and got is not v:  # a new context took the id meanwhile

@@ -5,8 +5,11 @@ Fixtures: ``ctx`` (a cancellable context, cancelled after the test) and ``fake_c
 
 Leak check (opt in with ``--tether-leak-check`` or ``tether_leak_check = true`` in the
 ini file): after each test, and after its fixtures are torn down, the test fails if it
-left a thread, a pending asyncio task on an open loop, or a live context it derived.
-Mark a test ``@pytest.mark.tether_allow_leaks`` to skip the check for it.
+left a thread (reported with its current stack), an asyncio task (with its coroutine
+and where it is suspended; also one that pytest-asyncio or anyio's plugin cancelled
+when closing its loop after the test), or a live context it derived (with the line
+that derived it). Mark a test ``@pytest.mark.tether_allow_leaks`` to skip the check
+for it. User guide: ``docs/testing.md``.
 """
 
 from __future__ import annotations
