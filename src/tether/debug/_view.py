@@ -193,6 +193,15 @@ function render(snap) {
   meta.textContent = live + " live, " + (snap.contexts.length - live) +
     " recently ended, " + snap.overflow + " not tracked (limit " + snap.limit +
     "); refreshed " + new Date().toLocaleTimeString();
+  // show creation sites relative to the directory they all share
+  const sites = snap.contexts.map(c => c.site).filter(s => s.startsWith("/"));
+  let common = sites.length ? sites[0].slice(0, sites[0].lastIndexOf("/") + 1) : "";
+  for (const s of sites) {
+    while (common && !s.startsWith(common)) {
+      common = common.slice(0, common.slice(0, -1).lastIndexOf("/") + 1);
+    }
+  }
+  const short = s => (common && s.startsWith(common)) ? s.slice(common.length) : s;
   const byId = new Map(), kids = new Map();
   for (const c of snap.contexts) { byId.set(c.id, c); kids.set(c.id, []); }
   const roots = [];
@@ -218,7 +227,9 @@ function render(snap) {
     }
     box.append(el("span", "age", "age " + secs(c.age)), " ");
     if (c.state === "ended") box.append(el("span", "reason", c.reason), " ");
-    box.append(el("span", "site", c.site));
+    const site = el("span", "site", short(c.site));
+    site.title = c.site;
+    box.append(site);
     box.title = c.repr || "";
     li.append(box);
     const ch = kids.get(c.id);
