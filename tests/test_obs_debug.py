@@ -192,11 +192,26 @@ def test_asgi_json_matches_snapshot(enabled):
         assert call(app, query=b"format=leaks&older_than=x")[0] == 400
 
 
+def test_snapshot_of_one_request(enabled):
+    a = tether.with_value(tether.background(), tether.REQUEST_ID, "a b/ü")
+    b = tether.with_value(tether.background(), tether.REQUEST_ID, "other")
+    with FakeClock(), tether.with_cancel(a), tether.with_cancel(b), tether.with_cancel(a):
+        rows = debug.snapshot(request_id="a b/ü")["contexts"]
+        assert [r["request_id"] for r in rows] == ["a b/ü", "a b/ü"]
+        assert debug.snapshot(request_id="none")["contexts"] == []
+        assert debug.snapshot(request_id="none")["tracked"] == 3
+        status, _, body = call(debug.asgi_app(), query=b"format=json&request_id=a+b%2F%C3%BC")
+        assert status == 200
+        assert json.loads(body)["contexts"] == rows
+    with pytest.raises(TypeError, match=r"^tether: snapshot\(request_id=...\) takes a str"):
+        debug.snapshot(request_id=1)  # type: ignore[arg-type]
+
+
 def test_asgi_html_page(enabled):
     status, ctype, body = call(debug.asgi_app(refresh=0.5))
     assert (status, ctype) == (200, "text/html; charset=utf-8")
     assert b"const REFRESH = 500;" in body
-    assert b'location.pathname + "?format=json"' in body
+    assert b"location.pathname + q" in body
 
 
 def test_asgi_refuses_non_loopback_unless_allowed(enabled):

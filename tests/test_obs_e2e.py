@@ -196,10 +196,24 @@ def test_live_view_in_headless_chromium(service, tmp_path):
         html = dom.stdout
         # the script drew the tree: every in-flight request, nested task groups
         for i in range(3):
-            assert f'<span class="rid">req-{i}</span>' in html
+            link = f'<a class="rid" href="/debug/tether?request_id=req-{i}"'
+            assert link + f' title="show only this request">req-{i}</a>' in html
         assert html.count('class="kind">task_group</span>') == 3
         assert html.count('<li class="live"') >= 18
         assert "obs_app.py:" in html  # creation sites
+        # one request's tree: ?request_id= (what clicking a request id opens)
+        one = run_chromium(
+            exe,
+            tmp_path / "p3",
+            "--virtual-time-budget=3000",
+            "--dump-dom",
+            page + "?request_id=req-1",
+        )
+        assert one.returncode == 0, one.stderr[-2000:]
+        assert "request req-1: 6 live" in one.stdout
+        assert ">req-1</a>" in one.stdout
+        assert ">req-0</a>" not in one.stdout
+        assert ">req-2</a>" not in one.stdout
         shot = tmp_path / "live-view.png"
         res = run_chromium(
             exe,

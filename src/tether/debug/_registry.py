@@ -159,11 +159,13 @@ class Registry:
             "request_id": rid,
         }
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self, request_id: str | None) -> dict[str, Any]:
         now = _clock.now()
         live = self._live()
         rows = [self._row(e, now, ctx, None, None) for ctx, e in live]
         rows += [self._row(e, now, None, end, reason) for e, end, reason in self._recent(now)]
+        if request_id is not None:
+            rows = [r for r in rows if r["request_id"] == request_id]
         rows.sort(key=lambda r: r["id"])
         return {
             "enabled": True,
@@ -245,8 +247,11 @@ def is_enabled() -> bool:
     return _registry is not None
 
 
-def snapshot() -> dict[str, Any]:
+def snapshot(*, request_id: str | None = None) -> dict[str, Any]:
     """The tracked contexts, as JSON-serialisable data.
+
+    With ``request_id``, only the contexts carrying that ``tether.REQUEST_ID`` (one
+    request's tree); ``tracked`` and ``overflow`` still count every context.
 
     ``{"enabled", "limit", "tracked", "overflow", "contexts": [...]}``; each context:
     ``id`` (a sequence number), ``parent`` (the id of its parent owner when that was
@@ -260,14 +265,19 @@ def snapshot() -> dict[str, Any]:
 
     Non-blocking (copies under a short lock); each call builds a new dict; thread-safe.
     Ended contexts appear only for ``keep_ended`` seconds. When not enabled it returns
-    ``{"enabled": False, "contexts": []}``. Raises nothing.
+    ``{"enabled": False, "contexts": []}``. Raises ``TypeError`` for a ``request_id``
+    that is not a ``str``.
 
     Added in 0.1.
     """
+    if request_id is not None and not isinstance(request_id, str):
+        raise TypeError(
+            f"tether: snapshot(request_id=...) takes a str, got {type(request_id).__name__}"
+        )
     reg = _registry
     if reg is None:
         return {"enabled": False, "limit": 0, "tracked": 0, "overflow": 0, "contexts": []}
-    return reg.snapshot()
+    return reg.snapshot(request_id)
 
 
 def leaks(older_than: float = 300) -> list[dict[str, Any]]:

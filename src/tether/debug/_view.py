@@ -6,6 +6,7 @@ import ipaddress
 import json
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
+from urllib.parse import parse_qsl
 
 from ._registry import leaks, snapshot
 
@@ -26,7 +27,9 @@ def asgi_app(*, allow: Iterable[str] = LOOPBACK, refresh: float = 1.0) -> ASGIAp
     ``GET`` the mount point for an HTML page that draws the tree of tracked contexts
     (per context: kind, request id, remaining budget, age, creation site; children
     nested under their parent; ended ones fade out) and refreshes itself every
-    ``refresh`` seconds; ``?format=json`` returns ``tether.debug.snapshot()`` as JSON,
+    ``refresh`` seconds (``?request_id=X`` draws one request's tree; clicking a request
+    id in the page does that); ``?format=json`` returns ``tether.debug.snapshot()`` as
+    JSON (``&request_id=X``: ``snapshot(request_id=X)``),
     and ``?format=leaks&older_than=S`` returns ``tether.debug.leaks(S)``. Shows data
     only while ``tether.debug.enable()`` is in effect (the page says so otherwise).
 
@@ -93,10 +96,10 @@ def asgi_app(*, allow: Iterable[str] = LOOPBACK, refresh: float = 1.0) -> ASGIAp
         if scope.get("method", "GET") not in ("GET", "HEAD"):
             await _respond(send, 405, b"text/plain; charset=utf-8", b"GET or HEAD only\n")
             return
-        query = _query(scope.get("query_string", b""))
+        query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
         fmt = query.get("format", "html")
         if fmt == "json":
-            body = json.dumps(snapshot()).encode()
+            body = json.dumps(snapshot(request_id=query.get("request_id"))).encode()
             await _respond(send, 200, b"application/json", body)
         elif fmt == "leaks":
             try:
@@ -110,15 +113,6 @@ def asgi_app(*, allow: Iterable[str] = LOOPBACK, refresh: float = 1.0) -> ASGIAp
             await _respond(send, 200, b"text/html; charset=utf-8", page)
 
     return app
-
-
-def _query(raw: bytes) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for part in raw.decode("latin-1").split("&"):
-        k, _, v = part.partition("=")
-        if k:
-            out[k] = v
-    return out
 
 
 async def _respond(send: Send, status: int, ctype: bytes, body: bytes) -> None:
@@ -151,7 +145,8 @@ _PAGE = """<!doctype html>
          border: 1px solid #d6dae1; box-shadow: 0 1px 2px rgba(0,0,0,.04); }
  .kind { font-weight: 600; color: #2b5fb4; }
  .rid { font-family: ui-monospace, monospace; background: #eef2f8; padding: 0 .3em;
-        border-radius: 3px; }
+        border-radius: 3px; color: inherit; text-decoration: none; }
+ a.rid:hover { background: #dbe5f5; }
  .site, .age { color: #5a6270; font-family: ui-monospace, monospace; font-size: .9em; }
  .budget { display: inline-block; width: 90px; height: 8px; background: #e6e9ee;
            border-radius: 4px; vertical-align: middle; overflow: hidden; }
@@ -190,9 +185,15 @@ function render(snap) {
     return;
   }
   const live = snap.contexts.filter(c => c.state === "live").length;
-  meta.textContent = live + " live, " + (snap.contexts.length - live) +
-    " recently ended, " + snap.overflow + " not tracked (limit " + snap.limit +
-    "); refreshed " + new Date().toLocaleTimeString();
+  const only = new URLSearchParams(location.search).get("request_id");
+  meta.textContent = (only === null ? "" : "request " + only + ": ") + live + " live, " +
+    (snap.contexts.length - live) + " recently ended, " + snap.overflow +
+    " not tracked (limit " + snap.limit + "); refreshed " + new Date().toLocaleTimeString();
+  if (only !== null) {
+    const all = el("a", "all", "show every request");
+    all.href = location.pathname;
+    meta.append(" \u2014 ", all);
+  }
   // show creation sites relative to the directory they all share
   const sites = snap.contexts.map(c => c.site).filter(s => s.startsWith("/"));
   let common = sites.length ? sites[0].slice(0, sites[0].lastIndexOf("/") + 1) : "";
@@ -215,7 +216,12 @@ function render(snap) {
     if (c.state === "ended") li.style.opacity = Math.max(0.25, 1 - c.ended_ago / 5).toFixed(2);
     const box = el("span", "node");
     box.append(el("span", "kind", c.kind), " ");
-    if (c.request_id) box.append(el("span", "rid", c.request_id), " ");
+    if (c.request_id) {
+      const a = el("a", "rid", c.request_id);
+      a.href = location.pathname + "?request_id=" + encodeURIComponent(c.request_id);
+      a.title = "show only this request";
+      box.append(a, " ");
+    }
     if (c.deadline_in !== null && c.state === "live") {
       const total = c.deadline_in + c.age;
       const frac = total > 0 ? Math.max(0, Math.min(1, c.deadline_in / total)) : 0;
@@ -243,7 +249,9 @@ function render(snap) {
 }
 async function tick() {
   try {
-    const r = await fetch(location.pathname + "?format=json", {cache: "no-store"});
+    const rid = new URLSearchParams(location.search).get("request_id");
+    const q = "?format=json" + (rid === null ? "" : "&request_id=" + encodeURIComponent(rid));
+    const r = await fetch(location.pathname + q, {cache: "no-store"});
     render(await r.json());
   } catch (e) {
     document.getElementById("meta").textContent = "cannot reach the server: " + e;
