@@ -22,4 +22,11 @@ install (``pip install 'tether[name]'``).
   carry deadlines, cancellation and request ids over gRPC (extra ``grpc``).
 - ``tether.integrations.otel``: ``TetherPropagator``, tether's headers for
   OpenTelemetry-instrumented clients (extra ``otel``).
+- ``tether.integrations.stdlib_logging``: ``ContextFilter`` tags log records with the
+  request id, trace id and worker (no extra).
+- ``tether.integrations.structlog``: the ``add_context`` processor (extra ``structlog``).
+- ``tether.integrations.prometheus``: ``instrument()``/``uninstrument()``, context and
+  budget metrics (extra ``prometheus``).
+- ``tether.integrations.otel``: ``region(ctx, name)``, spans ended with the context's
+  outcome (extra ``otel``).
 """

@@ -5,8 +5,11 @@ Fixtures: ``ctx`` (a cancellable context, cancelled after the test) and ``fake_c
 
 Leak check (opt in with ``--tether-leak-check`` or ``tether_leak_check = true`` in the
 ini file): after each test, and after its fixtures are torn down, the test fails if it
-left a thread, a pending asyncio task on an open loop, or a live context it derived.
-Mark a test ``@pytest.mark.tether_allow_leaks`` to skip the check for it.
+left a thread (reported with its current stack), an asyncio task (with its coroutine
+and where it is suspended; also one that pytest-asyncio or anyio's plugin cancelled
+when closing its loop after the test), or a live context it derived (with the line
+that derived it). Mark a test ``@pytest.mark.tether_allow_leaks`` to skip the check
+for it. User guide: ``docs/testing.md``.
 """
 
 from __future__ import annotations
@@ -48,24 +51,37 @@ def _enabled(item: pytest.Item) -> bool:
     return bool(on) and item.get_closest_marker("tether_allow_leaks") is None
 
 
-@pytest.hookimpl(hookwrapper=True)
+@pytest.hookimpl(wrapper=True)
 def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
     if _enabled(item):
         check = LeakCheck()
         check.start()
         item.stash[_KEY] = check
-    yield
+    return (yield)
 
 
-@pytest.hookimpl(hookwrapper=True)
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    check = item.stash.get(_KEY, None)
+    if check is not None:
+        check.before_call()
+    try:
+        return (yield)
+    finally:
+        if check is not None:
+            check.after_call()
+
+
+@pytest.hookimpl(wrapper=True)
 def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
-    yield
+    result = yield
     check = item.stash.get(_KEY, None)
     if check is not None:
         del item.stash[_KEY]
         leaks = check.finish()
         if leaks:
             pytest.fail(leaks.report(), pytrace=False)
+    return result
 
 
 @pytest.fixture
