@@ -390,10 +390,10 @@ def thread_future(
     return fut
 
 
-async def wait_until(futs: list[asyncio.Future[Any]], ctx: Context) -> None:
-    """Return when every future is done, or when ``ctx`` ends, whichever comes first."""
+async def wait_until(futs: list[asyncio.Future[Any]], ctx: Context, *, first: bool = False) -> None:
+    """Return when every future is done (``first``: any), or when ``ctx`` ends."""
     pending = {f for f in futs if not f.done()}
-    if not pending or ctx.err() is not None:
+    if not pending or ctx.err() is not None or (first and len(pending) < len(futs)):
         return
 
     async def ended() -> None:
@@ -406,6 +406,8 @@ async def wait_until(futs: list[asyncio.Future[Any]], ctx: Context) -> None:
                 {*pending, watcher}, return_when=asyncio.FIRST_COMPLETED
             )
             pending.discard(watcher)
+            if first:
+                break
     finally:
         if not watcher.done():
             watcher.cancel()

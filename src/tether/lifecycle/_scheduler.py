@@ -27,6 +27,8 @@ from ._common import (
     LOG,
     REQUEST_ID,
     WORKER,
+    Fatal,
+    call_async,
     check_callable,
     check_name,
     drain_scope,
@@ -330,7 +332,11 @@ class Scheduler:
                 if loop is None or not job.is_async:
                     job.fn(rctx)
                 else:
-                    asyncio.run_coroutine_threadsafe(_run_async(job.fn, rctx), loop).result()
+                    fut = asyncio.run_coroutine_threadsafe(_run_async(job.fn, rctx), loop)
+                    try:
+                        fut.result()
+                    except Fatal as f:
+                        raise f.exc from None  # SystemExit: stops the scheduler (_job_loop)
             except Exception as e:
                 err = rctx.err()
                 if isinstance(e, ContextError) and isinstance(err, DeadlineExceeded):
@@ -370,7 +376,8 @@ class Scheduler:
 
 async def _run_async(fn: Callable[[Context], Any], ctx: Context) -> None:
     async with with_cancel(ctx) as c:  # interrupted when the run's context ends
-        await fn(c)
+        # A SystemExit raised in a task would escape the event loop: carry it out wrapped.
+        await call_async(fn, c)
 
 
 def every(
