@@ -622,14 +622,14 @@ def test_arun_cancelled_from_outside_still_drains_and_closes():
             runner.go(tether.background(), job)
             raise ValueError("sibling failed")
 
-        try:
+        async def group():
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(sup.arun())
                 tg.create_task(sibling())
-        except ExceptionGroup as eg:
-            assert eg.subgroup(ValueError) is not None
-        else:
-            pytest.fail("the sibling's error was lost")
+
+        with pytest.raises(ExceptionGroup) as info:
+            await group()
+        assert info.value.subgroup(ValueError) is not None
         return sup
 
     sup = asyncio.run(main())
