@@ -88,7 +88,9 @@ class Ledger(Generic[T]):
         event_prefix: str,
         log: logging.Logger,
         on_unprocessed: Callable[[T, str], object] | None,
+        noun: str = "item",
     ) -> None:
+        self._noun = noun
         self._what = what  # "worker pool 'p'", "detached runner 'd'"
         self._prefix = event_prefix
         self._worker = what.split("'")[1] if "'" in what else what
@@ -183,8 +185,9 @@ class Ledger(Generic[T]):
         words = outcome.replace("_", " ")
         self._log.log(
             level,
-            "%s: item %s %s%s%s",
+            "%s: %s %s %s%s%s",
             self._what,
+            self._noun,
             e.label,
             words,
             f" ({reason})" if reason != outcome else "",
@@ -218,8 +221,9 @@ class Ledger(Generic[T]):
                     if is_fatal(exc) and self._fatal is None:
                         self._fatal = exc
                 self._log.error(
-                    "%s: on_unprocessed raised for item %s: %r",
+                    "%s: on_unprocessed raised for %s %s: %r",
                     self._what,
+                    self._noun,
                     e.label,
                     exc,
                     exc_info=exc,
