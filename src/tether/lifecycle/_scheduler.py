@@ -295,16 +295,15 @@ class Scheduler:
         try:
             while ctx.err() is None:
                 tick = anchor + k * interval
-                if tick > _clock.now():
-                    with with_deadline(ctx, tick) as wake:
+                if not _due(tick, _clock.now(), interval):
+                    with with_deadline(ctx, tick - _slack(interval, tick)) as wake:
                         self._update(job, next_run=tick)
                         wake.done().wait()
                     self._update(job, next_run=None)
                     if ctx.err() is not None:
                         break
                 self._run_once(work, job, loop)
-                t = _clock.now()
-                nk = max(k + 1, math.ceil((t - anchor) / interval))
+                nk = _next_tick(anchor, interval, k, _clock.now())
                 if nk > k + 1:
                     skipped = nk - k - 1
                     s = self._update(job, skipped=job.stats.skipped + skipped)
@@ -372,6 +371,34 @@ class Scheduler:
             names = ", ".join(self._jobs)
             state = "running" if self._started else "new"
         return f"<tether.lifecycle.Scheduler {self._name!r} {state} jobs=[{names}]>"
+
+
+# -- the schedule's arithmetic ------------------------------------------------------------
+#
+# Tick k is at anchor + k * interval, computed by multiplication, while clocks (a
+# FakeClock advanced by `interval` n times, or a real one) get there by addition: the two
+# differ by a few ulps of the clock's value. So a tick counts as due when the clock is
+# within a tiny slack before it (a millionth of the interval, or a few hundred ulps of the
+# clock's value, whichever is larger), and the catch-up after an overrun rounds with the
+# same slack — else a tick due exactly now is skipped (issue 8 item 1) or never fires on
+# a FakeClock that stopped a hair short of it (issue 13 item 15).
+
+
+def _slack(interval: float, at: float) -> float:
+    return max(interval * 1e-6, abs(at) * 2.0**-40)
+
+
+def _due(tick: float, now: float, interval: float) -> bool:
+    """Whether the tick at ``tick`` is due at ``now`` (within the slack)."""
+    return tick - _slack(interval, tick) <= now
+
+
+def _next_tick(anchor: float, interval: float, k: int, now: float) -> int:
+    """After run ``k`` ended at ``now``: the index of the next tick to run.
+
+    The first tick not yet past (a tick due exactly now runs now), and never ``k`` again.
+    """
+    return max(k + 1, math.ceil((now - anchor - _slack(interval, now)) / interval))
 
 
 async def _run_async(fn: Callable[[Context], Any], ctx: Context) -> None:
