@@ -6,4 +6,8 @@ install (``pip install 'tether[name]'``).
 
 - ``tether.integrations.tenacity``: tenacity stop/retry/sleep hooks that end retrying
   with a context (extra ``tenacity``).
+- ``tether.integrations.uvicorn`` / ``tether.integrations.hypercorn``: ``Server(app,
+  host=, port=).serve``, an ASGI server as a ``Supervisor`` component that leaves
+  signals to tether, stops accepting on shutdown and drains within the supervisor's
+  deadline (extras ``uvicorn``, ``hypercorn``).
 """
