@@ -549,6 +549,7 @@ def test_a_slow_on_unprocessed_is_bounded_and_every_item_is_still_logged(fake_cl
             pool.submit(i)
         eventually(lambda: gate.running == 1)
     end_drain()
+    eventually(lambda: pool.stats().dropped == 399)  # the drain (and item 0's ctx) ended
     gate.release.set()
     s = bg.join().result
     assert got == [1, 2, 3]
