@@ -29,6 +29,10 @@ EXPECTED = {
     7: ["shed 11", "accepted 11: 8 done, 2 cancelled, 1 dropped"],
     8: ["request: done, its context: context canceled\naudit: alice login; its context live: True"],
     9: ["audit written", "exit code 0 - detached: 1 done"],
+    10: [
+        "with after_func: [('order-1', 'cancelled')], run() returned",
+        "ignoring ctx: [('order-1', 'abandoned')], run() returned 2.",
+    ],
 }
 
 
