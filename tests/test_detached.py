@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 
 import pytest
@@ -401,3 +402,31 @@ def test_a_job_thread_that_cannot_start_is_reported_and_frees_its_slot(monkeypat
     runner.go(tether.background(), lambda ctx: done.set())  # the slot is free
     assert done.wait(5)
     assert runner.close(tether.background()).succeeded == 1
+
+
+def test_as_a_closer_it_finishes_in_time_and_reports_before_the_supervisor_stops(caplog):
+    # issue 13 item 7, end to end: the documented wiring gave the closer the deadline
+    # close() only started cancelling at, so it was always marked unfinished and the
+    # abandoned jobs were logged after run() returned.
+    caplog.set_level(logging.INFO, logger="tether.lifecycle")
+    stuck = threading.Event()
+    runner = lifecycle.DetachedRunner(grace=0.4)
+    sup = lifecycle.Supervisor(signals=(), drain_timeout=5, close_timeout=1)
+    sup.on_close("detached", runner.close, timeout=1.2)
+
+    def api(ctx):
+        runner.go(ctx, lambda c: stuck.wait(10), name="rude")
+        runner.go(ctx, lambda c: c.done().wait(10), name="polite")
+        sup.shutdown()
+        ctx.done().wait()
+
+    sup.add("api", api)
+    assert sup.run() == 0
+    assert sup.report.close_unfinished == ()
+    events = [getattr(r, "event", "") for r in caplog.records]
+    assert events.index("detached_abandoned") < events.index("stopped")
+    assert events.index("detached_cancelled") < events.index("stopped")
+    stuck.set()
+    eventually(
+        lambda: "detached_finished_late" in [getattr(r, "event", "") for r in caplog.records]
+    )
