@@ -553,7 +553,10 @@ def test_a_slow_on_unprocessed_is_bounded_and_every_item_is_still_logged(fake_cl
     gate.release.set()
     s = bg.join().result
     assert got == [1, 2, 3]
-    assert (s.cancelled, s.dropped, s.handed_over, s.not_handed_over) == (1, 399, 4, 396)
+    # item 0, in flight: cancelled, or abandoned if the slow callback used up the grace
+    # before its worker returned; either way reported and handed over
+    assert s.cancelled + s.abandoned == 1
+    assert (s.dropped, s.handed_over, s.not_handed_over) == (399, 4, 396)
     dropped = [r.item for r in caplog.records if getattr(r, "event", "") == "item_dropped"]
     assert dropped == [str(i) for i in range(1, 400)]  # every one of them is in the log
     assert outcomes(s) == s.accepted == 400

@@ -320,17 +320,16 @@ class WorkerPool(Generic[T]):
                     start_error,
                     extra={"worker": self._name, "event": "pool_start_failed"},
                 )
-                self._stop_taking("no worker", None)
-                self._wait_workers(None)
+                self._stop_taking("no worker", None)  # the started workers finish theirs
             else:
                 ctx.done().wait()
                 self._close_intake(work)
-                self._wait_workers(work)
-                if work.err() is not None:
-                    with with_timeout(background(), self._grace) as grace:
-                        self._stop_taking("drain deadline", grace)
-                        self._wait_workers(grace)
-                    self._report_abandoned()
+            self._wait_workers(work)
+            if work.err() is not None:
+                with with_timeout(background(), self._grace) as grace:
+                    self._stop_taking("drain deadline", grace)
+                    self._wait_workers(grace)
+                self._report_abandoned()
         finally:
             cancel_work()
             with self._cond:
