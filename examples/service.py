@@ -117,9 +117,9 @@ def main() -> None:
         drain_timeout=args.drain_timeout, close_timeout=args.close_timeout, name="service"
     )
     sup.on_close("detached", runner.close, timeout=args.close_timeout)  # closed last
-    sup.add("pool", pool.run)
-    sup.add("ticker", lifecycle.every(0.2, tick, immediately=True).arun)
     sup.add("producer", producer)
+    sup.add("pool", pool.run, stop_after="producer")  # its intake closes after the producer's
+    sup.add("ticker", lifecycle.every(0.2, tick, immediately=True).arun)
     log.info("pid", extra={"event": "boot"})
     sup.main()
 

@@ -24,10 +24,15 @@ EXPECTED = {
     2: ["consumer: stopping, received SIGTERM", "database: closed", "exit code 0"],
     3: ["api stopping because: component 'broker' failed", "exit code 1"],
     4: ["server: drained", "client got: 200 OK", "exit code 0"],
-    5: ["3 runs, 1 failed, 3 distinct request ids"],
-    6: ["shed 11", "accepted 11: 8 done, 2 cancelled, 1 dropped"],
-    7: ["request: done, its context: context canceled\naudit: alice login; its context live: True"],
-    8: ["audit written", "exit code 0 - detached: 1 done"],
+    5: ["pool: shipped 42", "client got: 200 ordered; ready=False", "exit code 0"],
+    6: ["3 runs, 1 failed, 3 distinct request ids"],
+    7: ["shed 11", "accepted 11: 8 done, 2 cancelled, 1 dropped"],
+    8: ["request: done, its context: context canceled\naudit: alice login; its context live: True"],
+    9: ["audit written", "exit code 0 - detached: 1 done"],
+    10: [
+        "with after_func: [('order-1', 'cancelled')], run() returned",
+        "ignoring ctx: [('order-1', 'abandoned')], run() returned 2.",
+    ],
 }
 
 

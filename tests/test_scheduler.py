@@ -12,6 +12,8 @@ import logging
 import threading
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tests.conftest import eventually
 
 import tether
@@ -377,3 +379,75 @@ def test_misuse():
         sched.run(ctx)
     with pytest.raises(RuntimeError, match="tether: the scheduler is already running"):
         sched.every(1, print, name="late")
+
+
+# -- the schedule's arithmetic (issue 8 item 1, issue 13 item 15) ----------------------
+
+
+def test_a_tick_due_exactly_now_is_not_skipped_at_a_start_that_used_to_fail(caplog):
+    # issue 8 item 1: at this start the catch-up rounded 3.0000000000000004 up to 4.
+    with FakeClock(start=221.65993971306133) as clock:
+        release = threading.Event()
+        runs = []
+
+        def job(ctx):
+            runs.append(clock.now())
+            if len(runs) == 1:
+                release.wait(10)
+
+        sched = lifecycle.Scheduler().every(10, job, timeout=100)
+        with tether.with_cancel(tether.background()) as ctx:
+            bg = Bg(sched.run, ctx)
+            t0 = armed(sched)
+            clock.advance(10)
+            eventually(lambda: sched.stats()["job"].running)
+            clock.advance(30)
+            release.set()
+            eventually(lambda: sched.stats()["job"].runs == 2)
+            assert armed(sched) == pytest.approx(t0 + 40)
+        bg.join()
+        assert sched.stats()["job"].skipped == 2
+
+
+def test_repeated_advances_by_the_interval_run_every_tick():
+    # issue 13 item 15: 20 advances of 0.3 s gave 19 runs (the grid is multiplied, the
+    # fake clock adds).
+    with FakeClock(start=1000.0) as clock:
+        runs = []
+        sched = lifecycle.every(0.3, lambda ctx: runs.append(1), name="job")
+        with tether.with_cancel(tether.background()) as ctx:
+            bg = Bg(sched.run, ctx)
+            for i in range(20):
+                armed(sched)
+                clock.advance(0.3)
+                eventually(lambda i=i: len(runs) == i + 1)
+        bg.join()
+        s = sched.stats()["job"]
+        assert (s.runs, s.skipped) == (20, 0)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    anchor=st.floats(min_value=0, max_value=1e7),
+    interval=st.floats(min_value=1e-3, max_value=1e4),
+    steps=st.integers(min_value=1, max_value=60),
+    overrun=st.integers(min_value=0, max_value=5),
+)
+def test_schedule_arithmetic_on_a_clock_that_adds(anchor, interval, steps, overrun):
+    # The clock reaches tick n by n additions (as FakeClock.advance does): tick n is due
+    # then and not before a whole interval earlier; after a run that overran by
+    # `overrun` whole intervals, exactly those ticks are skipped and the one due now runs.
+    from tether.lifecycle._scheduler import _due, _next_tick
+
+    t = anchor
+    for _ in range(steps):
+        t += interval
+    tick = anchor + steps * interval
+    assert _due(tick, t, interval)
+    assert not _due(tick + interval, t, interval)
+    assert _next_tick(anchor, interval, steps, t) == steps + 1
+    for _ in range(overrun):
+        t += interval
+    nk = _next_tick(anchor, interval, steps - 1, t)
+    assert nk == steps + overrun if overrun else nk == steps
+    assert _due(anchor + nk * interval, t, interval)

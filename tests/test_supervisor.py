@@ -13,9 +13,11 @@ import logging
 import signal
 import sys
 import threading
+import time
 
 import pytest
 from tests.conftest import eventually
+from tests.lifehelp import lines, run_child
 from tests.test_scheduler import Bg
 
 import tether
@@ -338,7 +340,9 @@ def test_a_component_may_register_a_closer_while_running():
         sup.on_close("too-late", print)
 
 
-def test_an_ended_parent_starts_nothing():
+def test_an_ended_parent_calls_each_component_with_its_ctx_already_ended():
+    # issue 13 item 4: components were not called at all, so what they accepted before
+    # run() (a pool's queue) was lost. Now each is called once, its ctx already ended.
     started = []
     sup = sup_()
     sup.add("a", started.append)
@@ -347,7 +351,9 @@ def test_an_ended_parent_starts_nothing():
     p, cancel = tether.with_cancel(tether.background())
     cancel(KeyError("gone"))
     assert sup.run(p) == 0
-    assert started == []
+    assert len(started) == 1
+    assert isinstance(started[0].err(), tether.Canceled)
+    assert isinstance(tether.cause(started[0]), KeyError)
     assert len(closed) == 1
     assert isinstance(sup.report.cause, KeyError)
 
@@ -382,7 +388,7 @@ def test_system_exit_from_a_component_is_not_swallowed():
     with pytest.raises(SystemExit) as info:
         sup.run()
     assert info.value.code == 4
-    assert sup.report.exit_code == 1
+    assert sup.report.exit_code == 4  # the report and the process agree
 
 
 def test_main_exits_with_the_code():
@@ -490,11 +496,252 @@ def test_signals_off_the_main_thread_is_a_clear_error():
     sup = lifecycle.Supervisor()
     bg = Bg(sup.run).join()
     assert isinstance(bg.error, RuntimeError)
-    assert str(bg.error).startswith("tether: signal_context() must be called from the main")
-    assert sup.state == "stopped"
+    # issue 8 item 10: the message names the fix
+    assert str(bg.error).startswith("tether: Supervisor.run() handles signals")
+    assert "pass signals=() to Supervisor(...)" in str(bg.error)
+    assert sup.state == "new"  # nothing started
+    fixed = lifecycle.Supervisor(signals=())  # what the message says to do
+    fixed.shutdown()
+    assert Bg(fixed.run).join().result == 0
 
 
 def test_repr():
     sup = sup_(name="svc")
     sup.add("a", print)
     assert repr(sup) == "<tether.lifecycle.Supervisor 'svc' new [a]>"
+
+
+# -- issue 13: the promise on the failure paths ---------------------------------------
+
+
+@pytest.mark.parametrize("where", ["component", "scheduled job", "closer"])
+def test_system_exit_on_the_loop_still_drains_and_closes(where):
+    # issue 13 item 3: SystemExit from a coroutine component, an every().arun job or an
+    # async closer escaped the event loop: no drain, no closers, report None.
+    proc = run_child(
+        f"""
+        import sys, tether
+        from tether import lifecycle
+        where = {where!r}
+        sup = lifecycle.Supervisor(signals=(), drain_timeout=5, close_timeout=2)
+        async def quit_(ctx):
+            sys.exit(2)
+        async def other(ctx):
+            await ctx.done()
+            print("other: drained")
+        sup.add("other", other)
+        if where == "component":
+            sup.add("quitter", quit_)
+        elif where == "scheduled job":
+            sup.add("jobs", lifecycle.every(0.01, quit_, immediately=True).arun)
+        else:
+            sup.on_close("bad-closer", quit_)
+            sup.add("stopper", lambda ctx: sup.shutdown())
+        sup.on_close("db", lambda ctx: print("db: closed"))
+        try:
+            sup.run()
+        except SystemExit as e:
+            print("exit=", e.code)
+        print("report=", sup.report is not None and sup.report.exit_code)
+        """
+    )
+    out = lines(proc)
+    assert "db: closed" in proc.stdout, proc.stdout + proc.stderr
+    assert "other: drained" in proc.stdout
+    assert out["exit"] == "2"
+    assert out["report"] == "2"
+
+
+def test_system_exit_0_in_one_component_does_not_hide_another_failure():
+    # issue 13 item 12: the process exited 0 while the report said 1.
+    proc = run_child(
+        """
+        import sys, threading, tether
+        from tether import lifecycle
+        sup = lifecycle.Supervisor(signals=(), drain_timeout=5, close_timeout=2)
+        failed = threading.Event()
+        def bad(ctx):
+            raise ValueError("boom")
+        def quitter(ctx):
+            ctx.done().wait(10)
+            sys.exit(0)
+        sup.add("bad", bad)
+        sup.add("quitter", quitter)
+        try:
+            code = sup.run()
+        except SystemExit as e:
+            code = e.code
+        print("code=", code)
+        print("report=", sup.report.exit_code)
+        """
+    )
+    out = lines(proc)
+    assert (out.get("code"), out.get("report")) == ("1", "1"), proc.stdout + proc.stderr
+
+
+def test_items_submitted_before_run_are_drained_when_shutdown_came_first():
+    # issue 13 item 4: shutdown() before run() (or an ended parent) never started the
+    # pool, so its queue was lost with exit code 0 and no on_unprocessed call.
+    done, lost = [], []
+    pool = lifecycle.WorkerPool(
+        lambda ctx, item: done.append(item), on_unprocessed=lambda i, r: lost.append(i)
+    )
+    for i in range(3):
+        pool.submit(i)
+    sup = sup_()
+    sup.add("pool", pool.run)
+    sup.shutdown()
+    assert sup.run() == 0
+    s = pool.stats()
+    assert (s.accepted, s.succeeded) == (3, 3)
+    assert sorted(done) == [0, 1, 2]
+    assert lost == []
+
+
+def test_arun_cancelled_from_outside_still_drains_and_closes():
+    # issue 13 item 5: a sibling failing in a TaskGroup cancelled arun(): no drain, no
+    # closer, the detached runner left open with a job running. (A child process: the
+    # cancellation is a BaseException crossing the event loop.)
+    proc = run_child(
+        """
+        import asyncio, tether
+        from tether import lifecycle
+        log = []
+        runner = lifecycle.DetachedRunner()
+
+        async def api(ctx):
+            await ctx.done()
+            log.append("api: drained")
+
+        async def job(ctx):
+            await asyncio.sleep(0.05)
+            log.append("job: done")
+
+        async def main():
+            sup = lifecycle.Supervisor(signals=(), drain_timeout=10, close_timeout=5)
+            sup.add("api", api)
+            sup.on_close("detached", runner.aclose)
+
+            async def sibling():
+                await asyncio.sleep(0.05)
+                runner.go(tether.background(), job)
+                raise ValueError("sibling failed")
+
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(sup.arun())
+                    tg.create_task(sibling())
+            except ExceptionGroup as eg:
+                print("raised=", [type(e).__name__ for e in eg.exceptions])
+            return sup
+
+        sup = asyncio.run(main())
+        s = runner.stats()
+        print("log=", log)
+        print("runner=", (s.closed, s.succeeded))
+        print("cause=", type(sup.report.cause).__name__)
+        """
+    )
+    out = lines(proc)
+    assert out.get("log") == "['api: drained', 'job: done']", proc.stdout + proc.stderr
+    assert out["raised"] == "['ValueError']"
+    assert out["runner"] == "(True, 1)"
+    assert out["cause"] == "ShutdownRequested"
+
+
+def test_a_component_thread_that_cannot_start_is_a_failure_and_shutdown_completes(
+    monkeypatch,
+):
+    # issue 13 item 10 (supervisor): a start failure skipped the drain and the closers.
+    real_start = threading.Thread.start
+
+    def start(self):
+        if self.name == "component-b":
+            raise RuntimeError("can't start new thread")
+        real_start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    log, closed = [], []
+    sup = sup_()
+    sup.add("a", serve("thread", log, "a"))
+    sup.add("b", serve("thread", log, "b"))
+    sup.on_close("db", closed.append)
+    assert sup.run() == 1
+    assert [e[:2] for e in log] == [("a", "start"), ("a", "stop")]
+    assert len(closed) == 1
+    assert "could not start thread 'component-b'" in str(sup.report.failed["b"])
+
+
+def test_a_coroutine_that_swallows_cancellation_stays_within_the_worst_case():
+    # issue 13 item 13: 0.5 s of force wait plus a second close_timeout were added to
+    # the documented worst case (lame_duck + drain_timeout + close_timeout + closers).
+    # Driven by a FakeClock: every wait of the shutdown must be on the context clock.
+    proc = run_child(
+        """
+        import asyncio, threading, time, tether
+        from tether import lifecycle
+        from tether.testing import FakeClock
+        async def stubborn(ctx):
+            while True:
+                try:
+                    await asyncio.sleep(3600)
+                except asyncio.CancelledError:
+                    pass  # swallows every cancellation
+        with FakeClock(start=1000.0) as clock:
+            sup = lifecycle.Supervisor(signals=(), drain_timeout=30, close_timeout=60)
+            sup.add("stubborn", stubborn)
+            def drive():
+                while sup.state != "running":
+                    time.sleep(0.01)
+                sup.shutdown()
+                for _ in range(40):
+                    time.sleep(0.05)
+                    clock.advance(3)  # 120 fake seconds: 90 are the worst case
+            threading.Thread(target=drive, daemon=True).start()
+            t0 = time.monotonic()
+            code = sup.run()
+            print("code=", code, "unfinished=", sup.report.unfinished)
+            print("real=", round(time.monotonic() - t0, 1))
+        """,
+        timeout=30,
+    )
+    out = lines(proc)
+    assert out.get("code") == "1 unfinished= ('stubborn',)", proc.stdout + proc.stderr
+    assert float(out["real"]) < 10  # the fake 90 s pass in ~1.5 real seconds
+
+
+def test_stop_after_orders_the_shutdown(kind):
+    # issue 13 item 17: every component was cancelled at once, so a pool closed its
+    # intake as the API began draining and in-flight requests got ShuttingDown.
+    log = []
+    release = threading.Event()
+
+    def api(ctx):
+        ctx.done().wait(10)
+        log.append("api: draining")
+        assert release.wait(10)  # in-flight requests finish, still feeding the pool
+        log.append("api: stopped")
+
+    sup = sup_()
+    sup.add("api", api)
+    sup.add("pool", serve(kind, log, "pool"), stop_after="api")
+    bg = Bg(sup.run)
+    eventually(lambda: sup.state == "running")
+    sup.shutdown()
+    eventually(lambda: "api: draining" in log)
+    time.sleep(0.05)
+    assert not any(e[:2] == ("pool", "stop") for e in log if isinstance(e, tuple))
+    release.set()
+    assert bg.join().result == 0
+    order = [e if isinstance(e, str) else e[0] + ": " + e[1] for e in log]
+    assert order.index("api: stopped") < order.index("pool: stop")
+
+
+def test_stop_after_names_earlier_components_only():
+    sup = sup_()
+    with pytest.raises(ValueError, match=r"tether: stop_after names 'api', not added yet"):
+        sup.add("pool", print, stop_after="api")
+    sup.add("api", print)
+    with pytest.raises(TypeError, match="tether:"):
+        sup.add("pool", print, stop_after=[3])
+    sup.add("pool", print, stop_after=["api"])

@@ -36,22 +36,30 @@ def tick(ctx: tether.Context) -> None:
 
 pool: lifecycle.WorkerPool[int] = lifecycle.WorkerPool(handle, workers=2, queue_size=10)
 pool.submit(42)
-runner = lifecycle.DetachedRunner(limit=2)
+unprocessed: list[tuple[str, str]] = []
+
+
+def keep(job: lifecycle.DetachedJob, reason: str) -> None:
+    unprocessed.append((job.name, reason))
+
+
+runner = lifecycle.DetachedRunner(limit=2, on_unprocessed=keep)
 runner.go(tether.background(), audit, "refund", 10)
 sched = lifecycle.every(30, tick)
 assert_type(sched, lifecycle.Scheduler)
 
 sup = lifecycle.Supervisor(signals=(), drain_timeout=5, close_timeout=1)
 sup.on_close("detached", runner.close)
-sup.add("pool", pool.run)
-sup.add("ticks", sched.arun)
 sup.add("api", api)
-sup.shutdown()  # before run: nothing starts, the closers run
+sup.add("pool", pool.run, stop_after="api")
+sup.add("ticks", sched.arun, stop_after=["api", "pool"])
+sup.shutdown()  # before run: each component is called with its ctx ended, then closers
 code: int = sup.run()
 report = sup.report
 assert report is not None
 assert_type(report.exit_code, int)
 assert_type(pool.stats(), lifecycle.PoolStats)
+assert pool.stats().succeeded == 1  # the item queued before run() was still processed
 
 with tether.signal_context(parent=tether.background()) as ctx:
     assert_type(ctx, tether.Context)

@@ -29,4 +29,8 @@ install (``pip install 'tether[name]'``).
   budget metrics (extra ``prometheus``).
 - ``tether.integrations.otel``: ``region(ctx, name)``, spans ended with the context's
   outcome (extra ``otel``).
+- ``tether.integrations.uvicorn`` / ``tether.integrations.hypercorn``: ``Server(app,
+  host=, port=).serve``, an ASGI server as a ``Supervisor`` component that leaves
+  signals to tether, stops accepting on shutdown and drains within the supervisor's
+  deadline (extras ``uvicorn``, ``hypercorn``).
 """

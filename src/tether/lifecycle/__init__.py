@@ -48,7 +48,7 @@ if TYPE_CHECKING:
         new_request_id,
         with_drain,
     )
-    from ._detached import DetachedRunner, DetachedStats
+    from ._detached import DetachedJob, DetachedRunner, DetachedStats
     from ._pool import PoolStats, WorkerPool
     from ._scheduler import JobStats, Scheduler, every
     from ._signals import SignalReceived, SignalScope, StopFunc, signal_context
@@ -61,6 +61,7 @@ _WHERE = {
     "WORKER": "_common",
     "ComponentExited": "_common",
     "ComponentFailed": "_common",
+    "DetachedJob": "_detached",
     "DetachedRunner": "_detached",
     "DetachedStats": "_detached",
     "DrainTimeout": "_common",
@@ -106,6 +107,7 @@ def __dir__() -> list[str]:
 __all__ = [
     "ComponentExited",
     "ComponentFailed",
+    "DetachedJob",
     "DetachedRunner",
     "DetachedStats",
     "DrainTimeout",

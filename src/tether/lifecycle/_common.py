@@ -217,10 +217,10 @@ def drain_scope(ctx: Context) -> Scope:
     no drain context bound, ``work`` simply ends with ``ctx`` (no grace period). If the
     drain context already ended, ``work`` is born ended.
 
-    Call it once per component run, not per item (each call registers one callback on
-    the drain context until it ends), and cancel the scope when the run is over.
-    Non-blocking, thread-safe, a new scope on each call. Raises ``TypeError`` if ``ctx``
-    is not a Context.
+    Cancel the scope when the work is over: the callback it registers on the drain
+    context is then removed (within moments, off the cancelling thread), so a scope
+    per request or per item is fine. Non-blocking, thread-safe, a new scope on each
+    call. Raises ``TypeError`` if ``ctx`` is not a Context.
 
     Added in 0.1.
     """
@@ -238,7 +238,9 @@ def drain_scope(ctx: Context) -> Scope:
     if drain.err() is not None:
         end()
     else:
-        after_func(drain, end)
+        # Unregister from the drain context as soon as the scope ends, so that a scope
+        # per request leaves nothing behind on the long-lived drain context.
+        after_func(scope[0], after_func(drain, end))
     return scope
 
 
@@ -291,11 +293,64 @@ def positive_int(x: object, what: str, *, minimum: int = 1) -> int:
     return x
 
 
-def start_thread(name: str, target: Callable[..., object], *args: Any) -> threading.Thread:
-    """Start a daemon thread: a stuck worker must never keep the process from exiting."""
+def start_thread(
+    name: str,
+    target: Callable[..., object],
+    *args: Any,
+    undo: Callable[[], object] | None = None,
+) -> threading.Thread:
+    """Start a daemon thread: a stuck worker must never keep the process from exiting.
+
+    The lifecycle's one way to start a thread. If the thread cannot start (``RuntimeError:
+    can't start new thread``, or any error from ``Thread.start``), ``undo()`` runs first —
+    the caller's bookkeeping for the thread is rolled back — and then a ``RuntimeError``
+    naming the thread is raised from the original error.
+    """
     t = threading.Thread(target=target, args=args, name=name, daemon=True)
-    t.start()
+    try:
+        t.start()
+    except BaseException as e:
+        if undo is not None:
+            undo()
+        if isinstance(e, RuntimeError):
+            raise RuntimeError(f"tether: could not start thread {name!r}: {e}") from e
+        raise
     return t
+
+
+def is_fatal(e: BaseException) -> bool:
+    """A ``BaseException`` that must reach the top (``SystemExit``, ``KeyboardInterrupt``).
+
+    ``CancelledError`` is not fatal: it is an outcome of the work that raised it.
+    """
+    return not isinstance(e, Exception | asyncio.CancelledError)
+
+
+class Fatal(Exception):
+    """Carries a fatal ``BaseException`` out of a task without tearing down the loop.
+
+    ``SystemExit``/``KeyboardInterrupt`` raised in an asyncio task escape
+    ``run_until_complete`` and skip everything after it; wrapped in this, the task ends
+    like any failed task and the receiver unwraps ``exc`` once its own shutdown is done.
+    """
+
+    def __init__(self, exc: BaseException) -> None:
+        super().__init__(repr(exc))
+        self.exc = exc
+
+
+def unwrap(e: BaseException) -> BaseException:
+    return e.exc if isinstance(e, Fatal) else e
+
+
+async def call_async(fn: Callable[..., Any], *args: Any) -> Any:
+    """``await fn(*args)``, with a fatal exception wrapped in ``Fatal`` (see there)."""
+    try:
+        return await fn(*args)
+    except (asyncio.CancelledError, Exception):
+        raise
+    except BaseException as e:
+        raise Fatal(e) from None
 
 
 def thread_future(
@@ -328,14 +383,17 @@ def thread_future(
         except RuntimeError:  # the loop is closed: nobody waits for this any more
             pass
 
-    start_thread(name, body)
+    try:
+        start_thread(name, body)
+    except RuntimeError as e:  # no thread: the future fails, the awaiting task decides
+        fut.set_exception(e)
     return fut
 
 
-async def wait_until(futs: list[asyncio.Future[Any]], ctx: Context) -> None:
-    """Return when every future is done, or when ``ctx`` ends, whichever comes first."""
+async def wait_until(futs: list[asyncio.Future[Any]], ctx: Context, *, first: bool = False) -> None:
+    """Return when every future is done (``first``: any), or when ``ctx`` ends."""
     pending = {f for f in futs if not f.done()}
-    if not pending or ctx.err() is not None:
+    if not pending or ctx.err() is not None or (first and len(pending) < len(futs)):
         return
 
     async def ended() -> None:
@@ -348,6 +406,8 @@ async def wait_until(futs: list[asyncio.Future[Any]], ctx: Context) -> None:
                 {*pending, watcher}, return_when=asyncio.FIRST_COMPLETED
             )
             pending.discard(watcher)
+            if first:
+                break
     finally:
         if not watcher.done():
             watcher.cancel()

@@ -13,7 +13,7 @@ import asyncio
 import collections
 import logging
 import threading
-import time
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVarTuple
@@ -23,11 +23,14 @@ from .._context import (
     Context,
     Scope,
     after_func,
+    background,
+    with_cancel,
+    with_deadline,
     with_timeout,
     with_value,
     without_cancel,
 )
-from .._errors import ContextError, DeadlineExceeded
+from .._errors import DeadlineExceeded
 from ._common import (
     LOG,
     WORKER,
@@ -36,14 +39,16 @@ from ._common import (
     ShuttingDown,
     check_callable,
     is_async,
+    is_fatal,
     non_negative_seconds,
     positive_int,
     positive_seconds,
     start_thread,
     thread_future,
 )
+from ._ledger import Entry, Ledger
 
-__all__ = ["DetachedRunner", "DetachedStats"]
+__all__ = ["DetachedJob", "DetachedRunner", "DetachedStats"]
 
 Ts = TypeVarTuple("Ts")
 
@@ -54,9 +59,12 @@ class DetachedStats:
 
     Every accepted job is in exactly one of ``queued``, ``running``, ``succeeded``,
     ``failed`` (raised), ``timed_out`` (its own timeout ended it), ``cancelled`` (the
-    close deadline ended it) or ``dropped`` (the close deadline came before it
-    started). ``abandoned`` counts jobs still running when ``close()`` stopped waiting
-    (also still ``running``); ``rejected`` counts ``go`` calls that raised.
+    close deadline or its loop's teardown ended it), ``dropped`` (it never started:
+    the close deadline came first, its loop closed, no thread) or ``abandoned``
+    (still running when ``close()`` stopped waiting; no longer ``running``).
+    ``rejected`` counts ``go`` calls that raised; ``handed_over``,
+    ``handover_failed`` and ``not_handed_over`` count the ``on_unprocessed`` calls, as
+    for ``PoolStats``.
 
     Added in 0.1.
     """
@@ -74,29 +82,55 @@ class DetachedStats:
     cancelled: int = 0
     dropped: int = 0
     abandoned: int = 0
+    handed_over: int = 0
+    handover_failed: int = 0
+    not_handed_over: int = 0
+
+
+@dataclass(frozen=True)
+class DetachedJob:
+    """An accepted job that was not done, as handed to ``on_unprocessed(job, reason)``.
+
+    ``fn(ctx, *args)`` is the job; ``ctx`` keeps the values of the context ``go`` was
+    called with (request id, principal) without its cancellation, so the job can be
+    written to a durable queue or run again: ``job.fn(job.ctx, *job.args)``.
+
+    Added in 0.1.
+    """
+
+    __module__ = "tether.lifecycle"
+
+    name: str
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    ctx: Context
 
 
 class _Job:
-    __slots__ = ("args", "base", "cancel", "fn", "loop", "name", "seq", "timeout")
+    __slots__ = ("cancel", "entry", "loop", "timeout")
 
-    def __init__(  # noqa: PLR0917
+    def __init__(
         self,
-        seq: int,
-        name: str,
-        fn: Callable[..., Any],
-        args: tuple[Any, ...],
-        base: Context,
+        entry: Entry[DetachedJob],
         timeout: float,
         loop: asyncio.AbstractEventLoop | None,
     ) -> None:
-        self.seq = seq
-        self.name = name
-        self.fn = fn
-        self.args = args
-        self.base = base
+        self.entry = entry
         self.timeout = timeout
         self.loop = loop
         self.cancel: CancelFunc | None = None
+
+    @property
+    def job(self) -> DetachedJob:
+        return self.entry.item
+
+    @property
+    def name(self) -> str:
+        return self.entry.item.name
+
+    @property
+    def seq(self) -> int:
+        return self.entry.seq
 
 
 class DetachedRunner:
@@ -111,14 +145,22 @@ class DetachedRunner:
     when the system is overloaded). Plain functions run on a thread per job; coroutine
     functions run on the event loop that called ``go``.
 
-    Graceful shutdown drains it: ``close(ctx)`` stops intake, lets the running and
-    backlog jobs finish until ``ctx`` ends, then drops the backlog, cancels the running
-    jobs (cause ``DrainTimeout``), and reports every job it did not finish in the log.
-    Under a ``Supervisor``, register it with ``sup.on_close("detached", runner.close,
-    timeout=...)`` before the components that feed it: it then drains after they
-    stopped, so their last requests' detached work is still accepted.
+    Every accepted job ends done (``succeeded``) or reported: ``failed``,
+    ``timed_out``, ``cancelled`` (by the close deadline or its event loop closing),
+    ``dropped`` (never started: the close deadline, a closed loop, no thread) or
+    ``abandoned`` — each logged once and handed to ``on_unprocessed(job, reason)``
+    (a ``DetachedJob``), if given.
 
-    Added in 0.1.
+    Graceful shutdown drains it: ``close(ctx)`` stops intake, lets the running and
+    backlog jobs finish, then drops the backlog, cancels the running jobs (cause
+    ``DrainTimeout``) ``grace`` seconds before ``ctx``'s deadline, and reports the
+    jobs it did not finish — all before ``ctx`` ends, so the closer that calls it is
+    not marked unfinished. Under a ``Supervisor``, register it with
+    ``sup.on_close("detached", runner.close, timeout=...)`` before the components that
+    feed it: it then drains after they stopped, so their last requests' detached work
+    is still accepted.
+
+    Added in 0.1. Changed: ``on_unprocessed``.
     """
 
     __module__ = "tether.lifecycle"
@@ -131,6 +173,7 @@ class DetachedRunner:
         timeout: float = 30.0,
         name: str = "detached",
         grace: float = 1.0,
+        on_unprocessed: Callable[[DetachedJob, str], object] | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
         self._limit = positive_int(limit, "limit")
@@ -142,7 +185,16 @@ class DetachedRunner:
             raise TypeError(f"tether: a runner name must be a non-empty str, got {name!r:.40}")
         self._name = name
         self._grace = non_negative_seconds(grace, "grace")
+        if on_unprocessed is not None:
+            check_callable(on_unprocessed, "on_unprocessed")
         self._log = logger if logger is not None else LOG
+        self._ledger: Ledger[DetachedJob] = Ledger(
+            what=f"detached runner {name!r}",
+            event_prefix="detached_",
+            noun="job",
+            log=self._log,
+            on_unprocessed=on_unprocessed,
+        )
         self._cond = threading.Condition(threading.Lock())
         # _cond's lock protects the following.
         self._closed = False
@@ -150,12 +202,9 @@ class DetachedRunner:
         self._running: dict[int, _Job] = {}  # started, not finished (cancel set once started)
         self._slots = 0  # running slots taken: len(_running) plus jobs being started
         self._backlog: collections.deque[_Job] = collections.deque()
-        self._seq = 0
-        self._n: dict[str, int] = dict.fromkeys(
-            ("accepted", "rejected", "succeeded", "failed", "timed_out", "cancelled"), 0
-        )
-        self._n["dropped"] = self._n["abandoned"] = 0
-        self._abandoned: set[int] = set()
+        self._rejected = 0
+        # Loops seen tearing down under a job: their backlog jobs are dropped, not started.
+        self._dead_loops: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
 
     def go(
         self,
@@ -198,20 +247,19 @@ class DetachedRunner:
         jname = name if name is not None else getattr(fn, "__qualname__", repr(fn))
         with self._cond:
             if self._closed:
-                self._n["rejected"] += 1
+                self._rejected += 1
                 raise ShuttingDown(
                     f"tether: detached runner {self._name!r} is closed and accepts no new "
                     "jobs; do the work inline or drop it"
                 )
             if self._slots >= self._limit and len(self._backlog) >= self._backlog_max:
-                self._n["rejected"] += 1
+                self._rejected += 1
                 raise QueueFull(
                     f"tether: detached runner {self._name!r} is full ({self._limit} running, "
                     f"{self._backlog_max} waiting); shed the work, or raise limit=/backlog="
                 )
-            self._seq += 1
-            job = _Job(self._seq, jname, fn, args, base, self._timeout if to is None else to, loop)
-            self._n["accepted"] += 1
+            entry = self._ledger.accept(DetachedJob(jname, fn, tuple(args), base), jname)
+            job = _Job(entry, self._timeout if to is None else to, loop)
             if self._slots >= self._limit:
                 self._backlog.append(job)
                 return
@@ -220,32 +268,50 @@ class DetachedRunner:
 
     # -- starting and finishing ----------------------------------------------------------
 
-    def _start(self, job: _Job) -> None:
-        """Start a job that holds a slot. Called without the lock."""
-        scope = with_timeout(with_value(job.base, WORKER, job.name), job.timeout)
+    def _start(self, job: _Job | None) -> None:
+        """Start a job that holds a slot (and the next ones if it cannot start).
+
+        Called without the lock. A job that cannot start (its loop closed or tearing
+        down, no thread) is reported ``dropped`` and passes its slot on.
+        """
+        while job is not None:
+            why = self._try_start(job)
+            if why is None:
+                return
+            self._log.error(
+                "detached job %s could not start: %s",
+                job.name,
+                why,
+                extra={"worker": job.name, "event": "detached_start_failed"},
+            )
+            self._ledger.settle(job.entry, "dropped", why)
+            job = self._release(job)
+
+    def _try_start(self, job: _Job) -> str | None:
+        d = job.job
+        if job.loop is not None and (job.loop.is_closed() or job.loop in self._dead_loops):
+            return "its event loop is closed"
+        scope = with_timeout(with_value(d.ctx, WORKER, d.name), job.timeout)
         job.cancel = scope[1]
         with self._cond:
             self._running[job.seq] = job
             abandon = self._abandon
         if abandon:
             scope[1](DrainTimeout())
-        if job.loop is None:
-            start_thread(f"{self._name}-{job.seq}", self._run_sync, job, scope)
-            return
-        loop = job.loop
         try:
-            if _running_loop() is loop:
+            if job.loop is None:
+                start_thread(f"{self._name}-{job.seq}", self._run_sync, job, scope)
+                return None
+            if _running_loop() is job.loop:
                 self._spawn(job, scope)
             else:
-                loop.call_soon_threadsafe(self._spawn, job, scope)
-        except RuntimeError:  # its event loop is closed: it can never run
+                job.loop.call_soon_threadsafe(self._spawn, job, scope)
+        except RuntimeError as e:  # no thread, or the loop closed meanwhile
             scope[1]()
-            self._log.error(
-                "detached job %s dropped: its event loop is closed",
-                job.name,
-                extra={"worker": job.name, "event": "detached_dropped"},
-            )
-            self._finish(job, "dropped")
+            with self._cond:
+                self._running.pop(job.seq, None)
+            return "no thread" if job.loop is None else f"its event loop is closed ({e})"
+        return None
 
     def _spawn(self, job: _Job, scope: Scope) -> None:  # on job.loop
         assert job.loop is not None
@@ -254,72 +320,87 @@ class DetachedRunner:
         task.add_done_callback(_tasks.discard)
 
     def _run_sync(self, job: _Job, scope: Scope) -> None:
-        outcome = "failed"
+        error: BaseException | None = None
         try:
             with scope as dctx:
                 try:
-                    job.fn(dctx, *job.args)
-                    outcome = "succeeded"
-                except Exception as e:
-                    outcome = self._outcome(job, dctx, e)
+                    r = job.job.fn(dctx, *job.job.args)
+                    if asyncio.iscoroutine(r):
+                        r.close()
+                        raise TypeError(
+                            "tether: the detached job returned a coroutine, which never ran; "
+                            "pass the coroutine function itself (from async code) or a plain "
+                            "function that does the work"
+                        )
+                except BaseException as e:  # every outcome goes to the ledger
+                    error = e
+                ended = dctx.err()
         finally:
-            self._finish(job, outcome)
+            self._finish(job, _classify(ended, error), error)
 
     async def _run_async(self, job: _Job, scope: Scope) -> None:
-        outcome = "failed"
+        error: BaseException | None = None
         dctx = scope[0]
+        torn_down = False
+        ended: BaseException | None = None
         try:
             async with scope as dctx:
-                await job.fn(dctx, *job.args)
-            outcome = "succeeded"
-        except asyncio.CancelledError:  # the loop is shutting down under us
-            outcome = "cancelled"
+                try:
+                    await job.job.fn(dctx, *job.job.args)
+                except asyncio.CancelledError:
+                    raise
+                except BaseException as e:  # SystemExit included: it must not leave the task
+                    error = e
+                ended = dctx.err()
+        except asyncio.CancelledError as e:
+            # Not our context (the scope turns its own interruption into the context's
+            # error): the loop is tearing down, or someone cancelled the task.
+            error = e
+            torn_down = True
+            if job.loop is not None:
+                with self._cond:
+                    self._dead_loops.add(job.loop)
             raise
-        except Exception as e:
-            outcome = self._outcome(job, dctx, e)
+        except BaseException as e:  # the scope's error: the job's context interrupted it
+            error = e
+            ended = dctx.err()
         finally:
-            self._finish(job, outcome)
+            outcome = "cancelled" if torn_down else _classify(ended, error)
+            self._finish(job, outcome, error, "event loop closing" if torn_down else None)
 
-    def _outcome(self, job: _Job, dctx: Context, e: Exception) -> str:
-        err = dctx.err()
-        extra = {"worker": job.name, "event": "detached_failed"}
-        if isinstance(e, ContextError) and isinstance(err, DeadlineExceeded):
+    def _finish(
+        self, job: _Job, outcome: str, error: BaseException | None, reason: str | None = None
+    ) -> None:
+        if error is not None and is_fatal(error):
+            self._ledger.note_fatal(error)
+        if outcome == "timed_out":
+            reason = reason or f"timed out after {job.timeout:g}s"
+        elif outcome == "cancelled":
+            reason = reason or "the close deadline passed"
+        if not self._ledger.settle(
+            job.entry,
+            outcome,
+            reason or outcome,
+            error=error if outcome == "failed" else None,
+            extra={"worker": job.name},
+        ):
             self._log.warning(
-                "detached job %s timed out after %gs",
+                "abandoned detached job %s finished late (%s)",
                 job.name,
-                job.timeout,
-                extra={**extra, "event": "detached_timeout"},
+                "raised" if error is not None else "returned",
+                extra={"worker": job.name, "event": "detached_finished_late"},
             )
-            return "timed_out"
-        if isinstance(e, ContextError) and err is not None:
-            self._log.warning(
-                "detached job %s cancelled by the close deadline",
-                job.name,
-                extra={**extra, "event": "detached_cancelled"},
-            )
-            return "cancelled"
-        self._log.error("detached job %s failed: %r", job.name, e, exc_info=e, extra=extra)
-        return "failed"
+        self._start(self._release(job))
 
-    def _finish(self, job: _Job, outcome: str) -> None:
+    def _release(self, job: _Job) -> _Job | None:
+        """Free ``job``'s slot: give it to the next backlog job (returned) or free it."""
         with self._cond:
             self._running.pop(job.seq, None)
-            self._n[outcome] += 1
-            late = job.seq in self._abandoned
-            self._abandoned.discard(job.seq)
             nxt = self._backlog.popleft() if self._backlog and not self._abandon else None
             if nxt is None:
                 self._slots -= 1
             self._cond.notify_all()
-        if late:
-            self._log.warning(
-                "abandoned detached job %s finished late (%s)",
-                job.name,
-                outcome,
-                extra={"worker": job.name, "event": "detached_finished_late"},
-            )
-        if nxt is not None:
-            self._start(nxt)
+        return nxt
 
     # -- introspection -------------------------------------------------------------------
 
@@ -336,16 +417,21 @@ class DetachedRunner:
     # -- shutdown ------------------------------------------------------------------------
 
     def close(self, ctx: Context) -> DetachedStats:
-        """Stop intake and drain: wait for running and backlog jobs until ``ctx`` ends.
+        """Stop intake and drain: wait for running and backlog jobs, within ``ctx``.
 
         Blocks the calling thread (do not call it on the event loop that runs this
         runner's coroutine jobs: use ``aclose``). Returns the final counters once every
-        job finished; or, when ``ctx`` ends first (already ended included), drops the
-        backlog, cancels the running jobs' contexts (cause ``DrainTimeout``), waits
-        ``grace`` real seconds for them, logs each job it did not finish, and returns.
-        Thread-safe and idempotent: later calls wait the same way and return the
-        counters. Raises ``TypeError`` if ``ctx`` is not a Context; job errors are never
-        raised.
+        job finished. Otherwise it gives up at the latest when ``ctx`` ends: if ``ctx``
+        has a deadline, ``grace`` seconds before it the backlog is dropped and the
+        running jobs' contexts are cancelled (cause ``DrainTimeout``), and
+        ``grace / 4`` seconds before it the jobs still running are reported abandoned
+        and ``close`` returns — before ``ctx`` ends, so a closer with that deadline
+        finishes in time. Without a deadline, the same happens when ``ctx`` ends, with
+        ``grace`` seconds for the cancelled jobs (on the context clock). An already
+        ended ``ctx`` cancels at once. Thread-safe and idempotent: later calls wait the
+        same way and return the counters. Raises ``TypeError`` if ``ctx`` is not a
+        Context; job errors are never raised, except a fatal one (``SystemExit``,
+        ``KeyboardInterrupt``) from a job or ``on_unprocessed``, re-raised here.
 
         Added in 0.1.
         """
@@ -363,49 +449,82 @@ class DetachedRunner:
                 queued,
                 extra={"worker": self._name, "event": "detached_closing"},
             )
-        stop = after_func(ctx, self._poke)
+        deadline = ctx.deadline()
+        g = self._grace
+        if deadline is not None:
+            soft_scope = with_deadline(ctx, deadline - g)
+            hard_scope = with_deadline(ctx, deadline - g / 4)
+        else:
+            soft_scope = with_cancel(ctx)
+            hard_scope = with_cancel(background())  # armed when the soft point passes
+        with soft_scope as soft, hard_scope as hard:
+            if self._wait_jobs(soft):
+                return self._done()
+            with self._cond:
+                self._abandon = True
+                dropped = [j.entry for j in self._backlog]
+                self._backlog.clear()
+                running_jobs = list(self._running.values())
+                self._cond.notify_all()
+            self._ledger.settle_many(dropped, "dropped", "the close deadline passed", budget=hard)
+            for job in running_jobs:
+                if job.cancel is not None:
+                    job.cancel(DrainTimeout("the detached runner's close deadline passed"))
+            if deadline is None:
+                with with_timeout(background(), g) as grace:
+                    self._wait_jobs(grace)
+            else:
+                self._wait_jobs(hard)
+        with self._cond:
+            stuck = [j.entry for j in self._running.values()]
+        n = self._ledger.settle_many(stuck, "abandoned", "abandoned")
+        if n:
+            self._log.error(
+                "detached runner %s abandoned %d job(s) still running after the close "
+                "deadline (they ignore their context)",
+                self._name,
+                n,
+                extra={"worker": self._name, "event": "detached_runner_abandoned"},
+            )
+        return self._done()
+
+    def _wait_jobs(self, until: Context) -> bool:
+        """Wait until no job runs or waits (``True``) or ``until`` ended (``False``)."""
+        stop = after_func(until, self._poke)
         try:
             with self._cond:
-                while (self._slots or self._backlog) and ctx.err() is None:
+                while self._slots or self._backlog:
+                    if until.err() is not None:
+                        return False
                     self._cond.wait()
-                if not (self._slots or self._backlog):
-                    return self._stats_locked()
-                self._abandon = True
-                dropped = list(self._backlog)
-                self._backlog.clear()
-                self._n["dropped"] += len(dropped)
-                running_jobs = list(self._running.values())
+                return True
         finally:
             stop()
-        for job in dropped:
-            self._log.warning(
-                "detached job %s dropped: the close deadline came before it started",
-                job.name,
-                extra={"worker": job.name, "event": "detached_dropped"},
-            )
-        for job in running_jobs:
-            if job.cancel is not None:
-                job.cancel(DrainTimeout("the detached runner's close deadline passed"))
-        end = time.monotonic() + self._grace
-        with self._cond:
-            while self._slots and (left := end - time.monotonic()) > 0:
-                self._cond.wait(left)
-            stuck = [j for j in self._running.values() if j.seq not in self._abandoned]
-            self._abandoned.update(j.seq for j in stuck)
-            self._n["abandoned"] += len(stuck)
-        for job in stuck:
-            self._log.error(
-                "detached job %s abandoned: still running %gs after the close deadline "
-                "(it ignores its context)",
-                job.name,
-                self._grace,
-                extra={"worker": job.name, "event": "detached_abandoned"},
-            )
+
+    def _done(self) -> DetachedStats:
+        fatal = self._ledger.fatal
+        if fatal is not None:
+            raise fatal
         return self.stats()
 
     def _stats_locked(self) -> DetachedStats:
+        n = self._ledger.counts()
+        running = sum(1 for j in self._running.values() if j.entry.outcome is None)
         return DetachedStats(
-            closed=self._closed, queued=len(self._backlog), running=self._slots, **self._n
+            closed=self._closed,
+            accepted=n["accepted"],
+            rejected=self._rejected,
+            queued=len(self._backlog),
+            running=running,
+            succeeded=n["succeeded"],
+            failed=n["failed"],
+            timed_out=n["timed_out"],
+            cancelled=n["cancelled"],
+            dropped=n["dropped"],
+            abandoned=n["abandoned"],
+            handed_over=n["handed_over"],
+            handover_failed=n["handover_failed"],
+            not_handed_over=n["not_handed_over"],
         )
 
     async def aclose(self, ctx: Context) -> DetachedStats:
@@ -444,3 +563,12 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return asyncio.get_running_loop()
     except RuntimeError:
         return None
+
+
+def _classify(ended: BaseException | None, error: BaseException | None) -> str:
+    """A job's outcome, by its context first: did it end before the job returned?"""
+    if isinstance(ended, DeadlineExceeded):
+        return "timed_out"
+    if ended is not None:
+        return "cancelled"  # the close deadline (the job's own ctx never ends otherwise)
+    return "failed" if error is not None else "succeeded"

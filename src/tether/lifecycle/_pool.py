@@ -7,23 +7,30 @@ States, all changed under ``_cond``'s lock:
 
 ``submit``/``put`` accept in ``new`` and ``running`` only. Workers take items in
 ``running`` and ``draining``; in ``stopping`` they finish the item in hand and exit.
-Every accepted item ends in exactly one counter: succeeded, failed, timed_out,
-cancelled (ended by the drain deadline while running) or dropped (never started) — and
-the last two are also handed to ``on_unprocessed``. Nothing is silently lost.
+Every accepted item goes through the pool's ``Ledger`` (``_ledger.py``), which gives it
+exactly one terminal outcome: succeeded (done), or failed, timed_out, cancelled,
+dropped or abandoned (reported: counted, logged, handed to ``on_unprocessed``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import logging
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from .._context import Context, after_func, with_cancel, with_timeout, with_value
-from .._errors import ContextError, DeadlineExceeded
+from .._context import (
+    Context,
+    after_func,
+    background,
+    with_cancel,
+    with_timeout,
+    with_value,
+)
+from .._errors import DeadlineExceeded
 from ._common import (
     LOG,
     REQUEST_ID,
@@ -33,12 +40,15 @@ from ._common import (
     check_callable,
     check_name,
     drain_scope,
+    is_async,
+    is_fatal,
     new_request_id,
     non_negative_seconds,
     positive_int,
     positive_seconds,
     start_thread,
 )
+from ._ledger import Entry, Ledger
 
 __all__ = ["PoolStats", "WorkerPool"]
 
@@ -52,11 +62,15 @@ class PoolStats:
     """A snapshot of a ``WorkerPool``'s counters (``stats()``, and what ``run()`` returns).
 
     Every accepted item is, at any moment, in exactly one of: ``queued``,
-    ``in_flight``, ``succeeded``, ``failed`` (the handler raised), ``timed_out`` (its
-    item deadline passed), ``cancelled`` (the drain deadline ended it while running) or
-    ``dropped`` (shutdown came before it started). ``abandoned`` counts the items still
-    running when ``run()`` gave up waiting (they are also still ``in_flight``).
-    ``rejected`` counts ``submit``/``put`` calls that raised.
+    ``in_flight``, ``succeeded`` (done), or — reported as not done — ``failed`` (the
+    handler raised), ``timed_out`` (its item deadline ended it), ``cancelled`` (the
+    drain deadline ended it while running), ``dropped`` (shutdown came before it
+    started) or ``abandoned`` (still running ``grace`` seconds after the drain
+    deadline; its thread may still finish it later). So ``accepted`` is the sum of
+    those eight. ``rejected`` counts ``submit``/``put`` calls that raised.
+    ``handed_over`` counts the reported items ``on_unprocessed`` accepted,
+    ``handover_failed`` those it raised for, ``not_handed_over`` those it was not
+    called for because its time ran out (they are logged all the same).
 
     Added in 0.1.
     """
@@ -74,23 +88,9 @@ class PoolStats:
     cancelled: int = 0
     dropped: int = 0
     abandoned: int = 0
-
-
-class _Counts:
-    __slots__ = (
-        "abandoned",
-        "accepted",
-        "cancelled",
-        "dropped",
-        "failed",
-        "rejected",
-        "succeeded",
-        "timed_out",
-    )
-
-    def __init__(self) -> None:
-        self.accepted = self.rejected = self.succeeded = self.failed = 0
-        self.timed_out = self.cancelled = self.dropped = self.abandoned = 0
+    handed_over: int = 0
+    handover_failed: int = 0
+    not_handed_over: int = 0
 
 
 class WorkerPool(Generic[T]):
@@ -138,37 +138,44 @@ class WorkerPool(Generic[T]):
         logger: logging.Logger | None = None,
     ) -> None:
         check_callable(handler, "a pool handler")
+        if is_async(handler):
+            raise TypeError(
+                "tether: a pool handler runs on a worker thread and must be a plain function, "
+                "got a coroutine function; pass a def, or run the coroutine inside it with "
+                "asyncio.run(...)"
+            )
         if on_unprocessed is not None:
             check_callable(on_unprocessed, "on_unprocessed")
         self._handler = handler
         self._workers = positive_int(workers, "workers")
-        self._queue_size = positive_int(queue_size, "queue_size", minimum=0)
+        self._queue_size = positive_int(queue_size, "queue_size")
         self._item_timeout = positive_seconds(item_timeout, "item_timeout", allow_none=True)
         self._name = check_name(name, "pool")
         self._drain_queue = bool(drain_queue)
         self._grace = non_negative_seconds(grace, "grace")
-        self._on_unprocessed = on_unprocessed
         self._log = logger if logger is not None else LOG
+        self._ledger: Ledger[T] = Ledger(
+            what=f"worker pool {self._name!r}",
+            event_prefix="item_",
+            log=self._log,
+            on_unprocessed=on_unprocessed,
+        )
         self._cond = threading.Condition(threading.Lock())
         # _cond's lock protects the following.
         self._state = _NEW
-        self._queue: collections.deque[tuple[int, T]] = collections.deque()
-        self._in_flight: dict[int, tuple[str, str, T]] = {}  # seq -> (worker, request id, item)
-        self._abandoned: set[int] = set()
+        self._queue: collections.deque[Entry[T]] = collections.deque()
+        self._in_flight: dict[int, tuple[str, str, Entry[T]]] = {}  # seq -> (worker, rid, entry)
         self._live = 0  # worker threads not yet exited
-        self._seq = 0
-        self._n = _Counts()
+        self._rejected = 0
 
     # -- producers -----------------------------------------------------------------------
 
     def _accept(self, item: T) -> None:  # holds the lock
-        self._seq += 1
-        self._queue.append((self._seq, item))
-        self._n.accepted += 1
+        self._queue.append(self._ledger.accept(item))
         self._cond.notify_all()
 
     def _closed_error(self) -> ShuttingDown:
-        self._n.rejected += 1
+        self._rejected += 1
         return ShuttingDown(
             f"tether: worker pool {self._name!r} is shutting down and accepts no new items; "
             "stop producing when your own context ends"
@@ -189,7 +196,7 @@ class WorkerPool(Generic[T]):
             if self._state not in (_NEW, _RUNNING):
                 raise self._closed_error()
             if len(self._queue) >= self._queue_size:
-                self._n.rejected += 1
+                self._rejected += 1
                 raise QueueFull(
                     f"tether: worker pool {self._name!r} has {self._queue_size} items waiting "
                     "(queue_size); shed load, retry later, or use put(ctx, item) to wait"
@@ -217,7 +224,7 @@ class WorkerPool(Generic[T]):
                     if self._state not in (_NEW, _RUNNING):
                         raise self._closed_error()
                     if ctx.err() is not None:
-                        self._n.rejected += 1
+                        self._rejected += 1
                         ctx.check()
                     if len(self._queue) < self._queue_size:
                         self._accept(item)
@@ -239,19 +246,23 @@ class WorkerPool(Generic[T]):
         Added in 0.1.
         """
         with self._cond:
-            n = self._n
+            n = self._ledger.counts()
+            running = sum(1 for _, _, e in self._in_flight.values() if e.outcome is None)
             return PoolStats(
                 state=self._state,
-                accepted=n.accepted,
-                rejected=n.rejected,
+                accepted=n["accepted"],
+                rejected=self._rejected,
                 queued=len(self._queue),
-                in_flight=len(self._in_flight),
-                succeeded=n.succeeded,
-                failed=n.failed,
-                timed_out=n.timed_out,
-                cancelled=n.cancelled,
-                dropped=n.dropped,
-                abandoned=n.abandoned,
+                in_flight=running,
+                succeeded=n["succeeded"],
+                failed=n["failed"],
+                timed_out=n["timed_out"],
+                cancelled=n["cancelled"],
+                dropped=n["dropped"],
+                abandoned=n["abandoned"],
+                handed_over=n["handed_over"],
+                handover_failed=n["handover_failed"],
+                not_handed_over=n["not_handed_over"],
             )
 
     def accepting(self) -> bool:
@@ -272,11 +283,15 @@ class WorkerPool(Generic[T]):
 
         Blocks the calling thread for the life of the pool (and starts ``workers``
         threads). When ``ctx`` ends it drains as the class docstring says; it returns
-        once every worker exited, or ``grace`` seconds after the drain context ended.
-        If ``ctx`` already ended, the queued items are drained (or dropped) at once.
-        Thread-safe; runs once (a second call raises ``RuntimeError``). Raises
-        ``TypeError`` if ``ctx`` is not a Context. Handler errors are never raised: they
-        are logged and counted.
+        once every worker exited, or ``grace`` seconds (on the context clock) after the
+        drain context ended. If ``ctx`` already ended, the items queued before are
+        drained (or dropped) at once. Thread-safe; runs once (a second call raises
+        ``RuntimeError``). Raises ``TypeError`` if ``ctx`` is not a Context. Handler
+        errors are not raised: they are logged, counted and reported — except a fatal
+        one (``SystemExit``, ``KeyboardInterrupt``, from the handler or from
+        ``on_unprocessed``), which is re-raised here once the pool stopped. If a worker
+        thread cannot start, the pool stops taking work, reports its queue (reason
+        ``"no worker"``), lets the started workers finish and raises ``RuntimeError``.
 
         Added in 0.1.
         """
@@ -286,27 +301,43 @@ class WorkerPool(Generic[T]):
             if self._state != _NEW:
                 raise RuntimeError("tether: a WorkerPool runs once; make a new one")
             self._state = _RUNNING
-            self._live = self._workers
         work, cancel_work = drain_scope(ctx)
+        start_error: RuntimeError | None = None
         try:
             for i in range(1, self._workers + 1):
                 wname = f"{self._name}-{i}"
-                start_thread(wname, self._work, work, wname)
-            ctx.done().wait()
-            self._close_intake()
+                with self._cond:
+                    self._live += 1
+                try:
+                    start_thread(wname, self._work, work, wname, undo=self._unlive)
+                except RuntimeError as e:
+                    start_error = e
+                    break
+            if start_error is not None:
+                self._log.error(
+                    "worker pool %s stops: %s",
+                    self._name,
+                    start_error,
+                    extra={"worker": self._name, "event": "pool_start_failed"},
+                )
+                self._stop_taking("no worker", None)  # the started workers finish theirs
+            else:
+                ctx.done().wait()
+                self._close_intake(work)
             self._wait_workers(work)
             if work.err() is not None:
-                self._stop_taking("drain deadline")
-                if self._live:
-                    self._wait_workers(None, self._grace)
-                    self._report_abandoned()
+                with with_timeout(background(), self._grace) as grace:
+                    self._stop_taking("drain deadline", grace)
+                    self._wait_workers(grace)
+                self._report_abandoned()
         finally:
             cancel_work()
             with self._cond:
-                leftover = self._take_queue()  # empty unless run() was interrupted
+                leftover = list(self._queue)  # empty unless run() was interrupted
+                self._queue.clear()
                 self._state = _STOPPED
                 self._cond.notify_all()
-            self._report_dropped(leftover, "shutdown")
+            self._ledger.settle_many(leftover, "dropped", "shutdown")
         s = self.stats()
         self._log.info(
             "worker pool %s stopped: %d succeeded, %d failed, %d timed out, %d cancelled, "
@@ -320,12 +351,23 @@ class WorkerPool(Generic[T]):
             s.abandoned,
             extra={"worker": self._name, "event": "pool_stopped"},
         )
+        if start_error is not None:
+            raise start_error
+        fatal = self._ledger.fatal
+        if fatal is not None:
+            raise fatal
         return s
 
-    def _close_intake(self) -> None:
+    def _unlive(self) -> None:
+        with self._cond:
+            self._live -= 1
+
+    def _close_intake(self, work: Context) -> None:
         with self._cond:
             self._state = _DRAINING if self._drain_queue else _STOPPING
-            dropped = self._take_queue() if not self._drain_queue else []
+            dropped = [] if self._drain_queue else list(self._queue)
+            if not self._drain_queue:
+                self._queue.clear()
             queued, running = len(self._queue), len(self._in_flight)
             self._cond.notify_all()
         self._log.info(
@@ -335,81 +377,40 @@ class WorkerPool(Generic[T]):
             running,
             extra={"worker": self._name, "event": "pool_draining"},
         )
-        self._report_dropped(dropped, "shutdown")
+        budget = work if work.err() is None else None
+        self._ledger.settle_many(dropped, "dropped", "shutdown", budget=budget)
 
-    def _stop_taking(self, reason: str) -> None:
+    def _stop_taking(self, reason: str, budget: Context | None) -> None:
         with self._cond:
             self._state = _STOPPING
-            dropped = self._take_queue()
+            dropped = list(self._queue)
+            self._queue.clear()
             self._cond.notify_all()
-        self._report_dropped(dropped, reason)
+        self._ledger.settle_many(dropped, "dropped", reason, budget=budget)
 
-    def _take_queue(self) -> list[tuple[int, T]]:  # holds the lock
-        items = list(self._queue)
-        self._queue.clear()
-        self._n.dropped += len(items)
-        return items
-
-    def _wait_workers(self, work: Context | None, timeout: float | None = None) -> None:
-        """Until every worker exited, or ``work`` ended, or ``timeout`` real seconds."""
-        stop = after_func(work, self._poke) if work is not None else None
-        end = None if timeout is None else time.monotonic() + timeout
+    def _wait_workers(self, until: Context | None) -> None:
+        """Until every worker exited, or ``until`` ended (``None``: no limit)."""
+        stop = after_func(until, self._poke) if until is not None else None
         try:
             with self._cond:
-                while self._live and (work is None or work.err() is None):
-                    if end is None:
-                        self._cond.wait()
-                    else:
-                        left = end - time.monotonic()
-                        if left <= 0:
-                            return
-                        self._cond.wait(left)
+                while self._live and (until is None or until.err() is None):
+                    self._cond.wait()
         finally:
             if stop is not None:
                 stop()
 
-    def _report_dropped(self, dropped: list[tuple[int, T]], reason: str) -> None:
-        for seq, item in dropped:
-            self._log.warning(
-                "worker pool %s dropped item %d (%s): never started",
-                self._name,
-                seq,
-                reason,
-                extra={"worker": self._name, "event": "item_dropped", "item": seq},
-            )
-            self._unprocessed(item, reason)
-
     def _report_abandoned(self) -> None:
         with self._cond:
-            stuck = [(s, v) for s, v in self._in_flight.items() if s not in self._abandoned]
-            self._abandoned.update(s for s, _ in stuck)
-            self._n.abandoned += len(stuck)
-        for seq, (wname, rid, item) in stuck:
+            stuck = [e for _, _, e in self._in_flight.values()]
+        n = self._ledger.settle_many(stuck, "abandoned", "abandoned")
+        if n:
             self._log.error(
-                "worker pool %s abandoned item %d: still running %gs after the drain "
-                "deadline (its handler ignores its context)",
+                "worker pool %s abandoned %d item(s) still running %gs after the drain "
+                "deadline (their handler ignores its context)",
                 self._name,
-                seq,
+                n,
                 self._grace,
-                extra={
-                    "worker": wname,
-                    "request_id": rid,
-                    "event": "item_abandoned",
-                    "item": seq,
-                },
-            )
-            self._unprocessed(item, "abandoned")
-
-    def _unprocessed(self, item: T, reason: str) -> None:
-        if self._on_unprocessed is None:
-            return
-        try:
-            self._on_unprocessed(item, reason)
-        except Exception:
-            self._log.exception(
-                "worker pool %s: on_unprocessed raised",
-                self._name,
-                extra={"worker": self._name, "event": "on_unprocessed_failed"},
+                extra={"worker": self._name, "event": "pool_abandoned"},
             )
 
     # -- workers -------------------------------------------------------------------------
@@ -422,78 +423,61 @@ class WorkerPool(Generic[T]):
                         if self._state in (_STOPPING, _STOPPED) or work.err() is not None:
                             return  # (the drain ended: run() drops and reports the queue)
                         if self._queue:
-                            seq, item = self._queue.popleft()
+                            entry = self._queue.popleft()
                             rid = new_request_id()
-                            self._in_flight[seq] = (wname, rid, item)
+                            self._in_flight[entry.seq] = (wname, rid, entry)
                             self._cond.notify_all()  # room for put()
                             break
                         if self._state == _DRAINING:
                             return
                         self._cond.wait()
-                self._process(work, wname, seq, rid, item)
-                del item
+                try:
+                    self._process(work, wname, rid, entry)
+                finally:
+                    with self._cond:
+                        del self._in_flight[entry.seq]
+                del entry
         finally:
             with self._cond:
                 self._live -= 1
                 self._cond.notify_all()
 
-    def _process(self, work: Context, wname: str, seq: int, rid: str, item: T) -> None:
-        extra: dict[str, Any] = {"worker": wname, "request_id": rid, "item": seq}
+    def _process(self, work: Context, wname: str, rid: str, entry: Entry[T]) -> None:
+        extra: dict[str, Any] = {"worker": wname, "request_id": rid}
         base = with_value(with_value(work, WORKER, wname), REQUEST_ID, rid)
         to = self._item_timeout
-        outcome = "succeeded"
-        error: Exception | None = None
+        error: BaseException | None = None
         with with_cancel(base) if to is None else with_timeout(base, to) as ictx:
             try:
-                self._handler(ictx, item)
-            except Exception as e:
+                r = self._handler(ictx, entry.item)
+                if asyncio.iscoroutine(r):
+                    r.close()
+                    raise TypeError(
+                        "tether: the pool handler returned a coroutine, which never ran; "
+                        "pass a plain function that does the work"
+                    )
+            except BaseException as e:  # every outcome goes to the ledger
                 error = e
-                err = ictx.err()
-                if isinstance(e, ContextError) and isinstance(err, DeadlineExceeded):
-                    outcome = "timed_out"
-                elif isinstance(e, ContextError) and err is not None:
-                    outcome = "cancelled"
-                else:
-                    outcome = "failed"
-        with self._cond:
-            del self._in_flight[seq]
-            late = seq in self._abandoned
-            self._abandoned.discard(seq)
-            n = self._n
-            setattr(n, outcome, getattr(n, outcome) + 1)
-        if outcome == "failed":
-            self._log.error(
-                "worker pool %s: item %d failed: %r",
-                self._name,
-                seq,
-                error,
-                exc_info=error,
-                extra={**extra, "event": "item_failed"},
-            )
-        elif outcome == "timed_out":
+                if is_fatal(e):
+                    self._ledger.note_fatal(e)
+            ended = ictx.err()  # did the item's context end before the handler returned?
+        # Classified by the item's context, not by what the handler raised or returned:
+        # a handler cut short by the drain may return early or raise its client's error.
+        if ended is not None and work.err() is not None:
+            outcome, reason = "cancelled", "cancelled"
+        elif isinstance(ended, DeadlineExceeded):
+            outcome, reason = "timed_out", "timed_out"
+        elif error is not None:
+            outcome, reason = "failed", "failed"
+        else:
+            outcome, reason = "succeeded", ""
+        if not self._ledger.settle(entry, outcome, reason, error=error, extra=extra):
             self._log.warning(
-                "worker pool %s: item %d timed out after %gs",
+                "worker pool %s: abandoned item %s finished late (%s)",
                 self._name,
-                seq,
-                to,
-                extra={**extra, "event": "item_timeout"},
-            )
-        elif outcome == "cancelled":
-            self._log.warning(
-                "worker pool %s: item %d cancelled by the drain deadline",
-                self._name,
-                seq,
-                extra={**extra, "event": "item_cancelled"},
-            )
-            if not late:
-                self._unprocessed(item, "cancelled")
-        if late:
-            self._log.warning(
-                "worker pool %s: abandoned item %d finished late (%s)",
-                self._name,
-                seq,
-                outcome,
-                extra={**extra, "event": "item_finished_late"},
+                entry.label,
+                "raised" if error is not None else "returned",
+                extra={**extra, "event": "item_finished_late", "item": entry.label},
             )
 
     def __repr__(self) -> str:

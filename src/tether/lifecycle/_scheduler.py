@@ -27,6 +27,8 @@ from ._common import (
     LOG,
     REQUEST_ID,
     WORKER,
+    Fatal,
+    call_async,
     check_callable,
     check_name,
     drain_scope,
@@ -293,16 +295,15 @@ class Scheduler:
         try:
             while ctx.err() is None:
                 tick = anchor + k * interval
-                if tick > _clock.now():
-                    with with_deadline(ctx, tick) as wake:
+                if not _due(tick, _clock.now(), interval):
+                    with with_deadline(ctx, tick - _slack(interval, tick)) as wake:
                         self._update(job, next_run=tick)
                         wake.done().wait()
                     self._update(job, next_run=None)
                     if ctx.err() is not None:
                         break
                 self._run_once(work, job, loop)
-                t = _clock.now()
-                nk = max(k + 1, math.ceil((t - anchor) / interval))
+                nk = _next_tick(anchor, interval, k, _clock.now())
                 if nk > k + 1:
                     skipped = nk - k - 1
                     s = self._update(job, skipped=job.stats.skipped + skipped)
@@ -330,7 +331,11 @@ class Scheduler:
                 if loop is None or not job.is_async:
                     job.fn(rctx)
                 else:
-                    asyncio.run_coroutine_threadsafe(_run_async(job.fn, rctx), loop).result()
+                    fut = asyncio.run_coroutine_threadsafe(_run_async(job.fn, rctx), loop)
+                    try:
+                        fut.result()
+                    except Fatal as f:
+                        raise f.exc from None  # SystemExit: stops the scheduler (_job_loop)
             except Exception as e:
                 err = rctx.err()
                 if isinstance(e, ContextError) and isinstance(err, DeadlineExceeded):
@@ -368,9 +373,38 @@ class Scheduler:
         return f"<tether.lifecycle.Scheduler {self._name!r} {state} jobs=[{names}]>"
 
 
+# -- the schedule's arithmetic ------------------------------------------------------------
+#
+# Tick k is at anchor + k * interval, computed by multiplication, while clocks (a
+# FakeClock advanced by `interval` n times, or a real one) get there by addition: the two
+# differ by a few ulps of the clock's value. So a tick counts as due when the clock is
+# within a tiny slack before it (a millionth of the interval, or a few hundred ulps of the
+# clock's value, whichever is larger), and the catch-up after an overrun rounds with the
+# same slack — else a tick due exactly now is skipped (issue 8 item 1) or never fires on
+# a FakeClock that stopped a hair short of it (issue 13 item 15).
+
+
+def _slack(interval: float, at: float) -> float:
+    return max(interval * 1e-6, abs(at) * 2.0**-40)
+
+
+def _due(tick: float, now: float, interval: float) -> bool:
+    """Whether the tick at ``tick`` is due at ``now`` (within the slack)."""
+    return tick - _slack(interval, tick) <= now
+
+
+def _next_tick(anchor: float, interval: float, k: int, now: float) -> int:
+    """After run ``k`` ended at ``now``: the index of the next tick to run.
+
+    The first tick not yet past (a tick due exactly now runs now), and never ``k`` again.
+    """
+    return max(k + 1, math.ceil((now - anchor - _slack(interval, now)) / interval))
+
+
 async def _run_async(fn: Callable[[Context], Any], ctx: Context) -> None:
     async with with_cancel(ctx) as c:  # interrupted when the run's context ends
-        await fn(c)
+        # A SystemExit raised in a task would escape the event loop: carry it out wrapped.
+        await call_async(fn, c)
 
 
 def every(

@@ -9,15 +9,18 @@ tether contexts, so the drain and close deadlines run on tether's clock (a
 Contexts, from the parent down::
 
     parent ─ signal_context ─ trigger       ends: signal, failure, shutdown(), parent
-           ─ without_cancel ─ root          ends: after the lame duck (components' ctx)
+           ─ without_cancel ─ root          ends: at the drain deadline at the latest
+                              └ one per component, ends: in stop_after order
            ─ without_cancel ─ drain         ends: drain deadline (their in-flight work)
            ─ without_cancel ─ with_timeout  one per closer, made when it runs
 
-Shutdown, in order: readiness off → lame duck (optional) → cancel root (cause: what
-triggered it) → wait for components until the drain deadline → cancel drain (cause
-``DrainTimeout``) and wait ``close_timeout`` more → cancel the tasks still running →
-closers in reverse order of registration, each with a fresh ``close_timeout`` context →
-exit code.
+Shutdown, in order: readiness off → lame duck (optional) → cancel each component's
+context (cause: what triggered it) once those it stops after returned → wait for
+components until the drain deadline → cancel the rest and the drain (cause
+``DrainTimeout``) and wait up to ``close_timeout`` more, cancelling the tasks still
+running ``min(0.5, close_timeout / 2)`` before its end → closers in reverse order of
+registration, each with a fresh ``close_timeout`` context → exit code. Every wait is
+on a tether context, so a ``FakeClock`` drives all of them.
 """
 
 from __future__ import annotations
@@ -49,12 +52,15 @@ from ._common import (
     ComponentFailed,
     DrainTimeout,
     ShutdownRequested,
+    call_async,
     check_callable,
     check_name,
     is_async,
+    is_fatal,
     non_negative_seconds,
     positive_seconds,
     thread_future,
+    unwrap,
     wait_until,
     with_drain,
 )
@@ -62,7 +68,7 @@ from ._signals import SignalScope, _nothing, signal_context, wake_loop_on_signal
 
 __all__ = ["ShutdownReport", "Supervisor"]
 
-_FORCE_WAIT = 0.5  # real seconds for cancelled tasks to unwind before they are abandoned
+_FORCE_WAIT = 0.5  # seconds of close_timeout kept for cancelled tasks to unwind
 
 ComponentFunc = Callable[[Context], object] | Callable[[Context], Awaitable[object]]
 
@@ -100,14 +106,16 @@ class ShutdownReport:
 
 
 class _Component:
-    __slots__ = ("done", "fn", "is_async", "name", "task")
+    __slots__ = ("cancel", "done", "fn", "is_async", "name", "stop_after", "task")
 
-    def __init__(self, name: str, fn: ComponentFunc) -> None:
+    def __init__(self, name: str, fn: ComponentFunc, stop_after: tuple[_Component, ...]) -> None:
         self.name = name
         self.fn = fn
         self.is_async = is_async(fn)
+        self.stop_after = stop_after  # stopped once these returned (or at the drain deadline)
         self.done: asyncio.Future[Any] | None = None
         self.task: asyncio.Task[Any] | None = None
+        self.cancel: CancelFunc | None = None  # ends this component's ctx
 
 
 class _Closer:
@@ -133,11 +141,14 @@ class Supervisor:
     first of: one of ``signals`` (default SIGINT, SIGTERM; a second one exits at once),
     a component raising (exit code 1) or returning early, ``shutdown()``, or the parent
     context ending. Then, in order: ``ready()`` turns off and no new component starts;
-    after ``lame_duck`` seconds (time for load balancers to notice) every component's
-    ``ctx`` is cancelled, with the trigger as cause; components get ``drain_timeout``
+    after ``lame_duck`` seconds (time for load balancers to notice) the components'
+    ``ctx`` are cancelled, with the trigger as cause — each one once the components
+    it was added ``stop_after`` returned (all at once if none); components get
+    ``drain_timeout``
     seconds to finish their in-flight work and return; then their drain context ends
-    (cause ``DrainTimeout``); ``close_timeout`` seconds later the coroutine components
-    still running are cancelled, and what still runs is logged and left behind; finally the
+    (cause ``DrainTimeout``); the coroutine components still running
+    ``close_timeout - min(0.5, close_timeout / 2)`` seconds later are cancelled, and
+    what still runs at ``close_timeout`` is logged and left behind; finally the
     closers registered with ``on_close`` run in reverse order, each with a fresh context
     (``without_cancel`` + its own timeout). What did not finish is logged; the exit code
     is 0 only if everything stopped cleanly. Worst-case time from trigger to return:
@@ -183,18 +194,30 @@ class Supervisor:
 
     # -- configuration -------------------------------------------------------------------
 
-    def add(self, name: str, fn: ComponentFunc) -> None:
+    def add(self, name: str, fn: ComponentFunc, *, stop_after: str | Iterable[str] = ()) -> None:
         """Register component ``name``: ``fn(ctx)``, a plain or a coroutine function.
+
+        ``stop_after`` names components added before this one whose shutdown comes
+        first: this component's ``ctx`` is cancelled only once each of them returned
+        (or at the drain deadline, whichever comes first). Use it for the consumers of
+        another component's work: ``sup.add("api", serve)``, then ``sup.add("pool",
+        pool.run, stop_after="api")`` — the pool keeps accepting while the API drains
+        its in-flight requests. Naming only earlier components keeps the order free of
+        cycles.
 
         Non-blocking, thread-safe; not idempotent (a name can be added once). Only before
         ``run()``: components all start together. No context is involved, so none can
         have already ended. Raises ``TypeError`` for a non-callable or a bad name,
-        ``ValueError`` for a duplicate name, ``RuntimeError`` once ``run()`` started.
+        ``ValueError`` for a duplicate name or a ``stop_after`` name not added yet,
+        ``RuntimeError`` once ``run()`` started.
 
-        Added in 0.1.
+        Added in 0.1. Changed: ``stop_after``.
         """
         check_name(name, "component")
         check_callable(fn, "a component")
+        after = (stop_after,) if isinstance(stop_after, str) else tuple(stop_after)
+        for a in after:
+            check_name(a, "stop_after component")
         with self._lock:
             if self._state != _NEW:
                 raise RuntimeError(
@@ -203,7 +226,14 @@ class Supervisor:
                 )
             if name in self._components:
                 raise ValueError(f"tether: a component named {name!r} exists already")
-            self._components[name] = _Component(name, fn)
+            missing = [a for a in after if a not in self._components]
+            if missing:
+                raise ValueError(
+                    f"tether: stop_after names {', '.join(map(repr, missing))}, not added "
+                    "yet; add the components that must stop first before this one"
+                )
+            deps = tuple(self._components[a] for a in after)
+            self._components[name] = _Component(name, fn, deps)
 
     def on_close(self, name: str, fn: ComponentFunc, *, timeout: float | None = None) -> None:
         """Register closer ``name``: ``fn(ctx)`` runs at the end of shutdown.
@@ -308,13 +338,17 @@ class Supervisor:
 
         Blocks the calling thread: it runs a new event loop there for the whole life of
         the service. With ``signals`` (the default) it must be the main thread; with
-        ``signals=()`` any thread that runs no event loop. If ``parent`` already ended,
-        nothing starts: the closers run and the exit code is 0. Runs once (a second call
+        ``signals=()`` any thread that runs no event loop. If ``parent`` already ended
+        (or ``shutdown()`` came first), each component is still called once, with its
+        ``ctx`` already ended, so it drains or reports what it accepted before (a
+        pool's queue); then the closers run. Runs once (a second call
         raises ``RuntimeError``); thread-safe. Raises ``RuntimeError`` off the main thread
         with signals or inside a running event loop (use ``arun``), ``TypeError`` for a
         non-Context parent; a ``BaseException`` that is
-        not an ``Exception`` (``SystemExit`` from a component) is re-raised after the
-        shutdown. Component errors are not raised: they are logged and give exit code 1.
+        not an ``Exception`` (``SystemExit`` from a component or closer, on a thread or
+        on the loop) is re-raised after the whole shutdown, a ``SystemExit`` with the
+        report's exit code. Component errors are not raised: they are logged and give
+        exit code 1.
 
         Added in 0.1.
         """
@@ -327,13 +361,14 @@ class Supervisor:
                 "tether: Supervisor.run() blocks and runs its own event loop; inside a "
                 "running loop, use `await sup.arun()`"
             )
+        self._check_thread("run")
         loop = asyncio.new_event_loop()
         try:
             main = loop.create_task(self.arun(parent), name=f"tether-supervisor-{self._name}")
             return loop.run_until_complete(main)
         finally:
             try:
-                _cancel_leftovers(loop, self._close_timeout)
+                _cancel_leftovers(loop)
                 loop.run_until_complete(loop.shutdown_asyncgens())
             finally:
                 loop.close()
@@ -343,10 +378,11 @@ class Supervisor:
 
         Suspends the calling task (never blocks the loop) until shutdown completed;
         returns the exit code. Same rules as ``run()``: once only (``RuntimeError``
-        after), main thread if ``signals``, an already ended parent starts nothing.
-        Thread-safe. If the awaiting task is cancelled, the components are cancelled
-        without a drain and ``CancelledError`` propagates. Raises ``TypeError`` for a
-        non-Context parent, ``RuntimeError`` as above.
+        after), main thread if ``signals``, an already ended parent still calls each
+        component with an ended ctx. Thread-safe. If the awaiting task is cancelled (a
+        sibling in a ``TaskGroup`` failed), the shutdown runs in full — drain, closers,
+        report, within the same deadlines — and then ``CancelledError`` propagates.
+        Raises ``TypeError`` for a non-Context parent, ``RuntimeError`` as above.
 
         Added in 0.1.
         """
@@ -355,6 +391,7 @@ class Supervisor:
                 f"tether: run needs a tether.Context parent, got {type(parent).__name__}; "
                 "pass tether.background()"
             )
+        self._check_thread("arun")
         with self._lock:
             if self._state != _NEW:
                 raise RuntimeError("tether: a Supervisor runs once; make a new one")
@@ -376,6 +413,7 @@ class Supervisor:
         trigger, fire = with_cancel(sigctx)
         root, cancel_root = with_cancel(without_cancel(parent))
         drain, cancel_drain = with_cancel(without_cancel(parent))
+        cancelled = False  # the task awaiting arun() was cancelled from outside
         try:
             with self._lock:
                 self._fire = fire
@@ -383,9 +421,15 @@ class Supervisor:
             if pending is not None:
                 fire(pending)
             base = with_drain(root, drain)
-            if trigger.err() is None:
-                for comp in comps:
-                    self._start(loop, comp, with_value(base, WORKER, comp.name), fire)
+            # Every component is called, even when shutdown came first (a shutdown() or
+            # an ended parent before run()): it then starts with its ctx already ended,
+            # and drains or reports what it accepted before run() (a pool's queue).
+            early = trigger.err() is not None
+            for comp in comps:
+                cctx, comp.cancel = with_cancel(with_value(base, WORKER, comp.name))
+                if early:
+                    comp.cancel(cause(trigger))
+                self._start(loop, comp, cctx, fire)
             with self._lock:
                 if trigger.err() is None:
                     self._state = _RUNNING
@@ -397,8 +441,26 @@ class Supervisor:
                     ", ".join(c.name for c in comps),
                     extra={"worker": self._name, "event": "started"},
                 )
-            await trigger.done()
-            report = await self._shut_down(trigger, cancel_root, cancel_drain, comps, parent)
+            try:
+                await trigger.done()
+            except asyncio.CancelledError:
+                # Cancelled from outside (a sibling in a TaskGroup failed): shut down
+                # all the same — drain, closers, report — then let the cancellation on.
+                cancelled = True
+                fire(ShutdownRequested("the task running the supervisor was cancelled"))
+                _uncancel()
+            shut = asyncio.ensure_future(
+                self._shut_down(trigger, cancel_root, cancel_drain, comps, parent)
+            )
+            while True:
+                try:
+                    report = await asyncio.shield(shut)
+                    break
+                except asyncio.CancelledError:
+                    if shut.cancelled():
+                        raise
+                    cancelled = True  # the shutdown is bounded by its deadlines: finish it
+                    _uncancel()
         finally:
             with self._lock:
                 self._fire = None
@@ -406,19 +468,36 @@ class Supervisor:
                 self._state = _STOPPED
             cancel_root()
             cancel_drain()
+            for comp in comps:
+                if comp.cancel is not None:
+                    comp.cancel()
             fire()
             undo_wakeup()
             sig[1]()
-        for exc in report.failed.values():
-            if not isinstance(exc, Exception | asyncio.CancelledError):
-                raise exc  # SystemExit, KeyboardInterrupt: never swallowed
+        if cancelled:
+            raise asyncio.CancelledError()
+        for exc in [*report.failed.values(), *report.close_failed.values()]:
+            if isinstance(exc, SystemExit):
+                # The exit code the report states: a SystemExit(0) in one component
+                # never hides another one's failure.
+                raise SystemExit(report.exit_code) from exc
+            if is_fatal(exc):
+                raise exc  # KeyboardInterrupt: never swallowed
         return report.exit_code
+
+    def _check_thread(self, what: str) -> None:
+        if self._signals and threading.current_thread() is not threading.main_thread():
+            raise RuntimeError(
+                f"tether: Supervisor.{what}() handles signals, which Python delivers only "
+                "to the main thread; call it from the main thread, or pass signals=() to "
+                "Supervisor(...) and stop it with shutdown() or by ending its parent context"
+            )
 
     def _start(
         self, loop: asyncio.AbstractEventLoop, comp: _Component, ctx: Context, fire: CancelFunc
     ) -> None:
         if comp.is_async:
-            task = loop.create_task(_call_async(comp.fn, ctx), name=f"tether-component-{comp.name}")
+            task = loop.create_task(call_async(comp.fn, ctx), name=f"tether-component-{comp.name}")
             comp.task = task
             comp.done = task
         else:
@@ -440,7 +519,8 @@ class Supervisor:
                 f"component {comp.name!r} was cancelled from outside the supervisor"
             )
         else:
-            exc = fut.exception()
+            e = fut.exception()
+            exc = None if e is None else unwrap(e)
         if exc is not None:
             with self._lock:
                 self._failed[comp.name] = exc
@@ -487,10 +567,18 @@ class Supervisor:
         if self._lame_duck > 0:
             with with_timeout(background(), self._lame_duck) as lame:
                 await lame.done()
-        cancel_root(why)
         futs = [c.done for c in comps if c.done is not None]
         with with_timeout(background(), self._drain_timeout) as deadline:
-            await wait_until(futs, deadline)
+            # Stop the components in order: each once those it stops after returned.
+            while True:
+                for c in comps:
+                    if c.cancel is not None and all(_finished(d) for d in c.stop_after):
+                        c.cancel(why)
+                left = [f for f in futs if not f.done()]
+                if not left or deadline.err() is not None:
+                    break
+                await wait_until(left, deadline, first=True)
+        cancel_root(why)  # the drain deadline passed: the rest stop now, in any order
         late = [c for c in comps if c.done is not None and not c.done.done()]
         if late:
             cancel_drain(DrainTimeout(f"the drain deadline ({self._drain_timeout:g}s) passed"))
@@ -501,13 +589,17 @@ class Supervisor:
                     self._drain_timeout,
                     extra={"worker": c.name, "event": "drain_timeout"},
                 )
+            # close_timeout is the whole grace: the last part of it (at most _FORCE_WAIT)
+            # is kept for the coroutines cancelled at its end to unwind.
+            force = min(_FORCE_WAIT, self._close_timeout / 2)
             with with_timeout(background(), self._close_timeout) as grace:
-                await wait_until(futs, grace)
-            tasks = [c.task for c in late if c.task is not None and not c.task.done()]
-            for t in tasks:  # coroutines can be forced; threads cannot
-                t.cancel()
-            if tasks:
-                await asyncio.wait(tasks, timeout=_FORCE_WAIT)
+                with with_timeout(grace, self._close_timeout - force) as soft:
+                    await wait_until(futs, soft)
+                tasks = [c.task for c in late if c.task is not None and not c.task.done()]
+                for t in tasks:  # coroutines can be forced; threads cannot
+                    t.cancel()
+                if tasks:
+                    await wait_until(list(tasks), grace)
             for c in late:
                 if c.done is not None and not c.done.done():
                     self._log.error(
@@ -519,7 +611,9 @@ class Supervisor:
         with self._lock:
             failed = dict(self._failed)
         unfinished = tuple(c.name for c in late)
-        code = 1 if failed or unfinished or close_failed or close_unfinished else 0
+        code = _exit_code(
+            [*failed.values(), *close_failed.values()], bool(unfinished or close_unfinished)
+        )
         report = ShutdownReport(
             exit_code=code,
             cause=why,
@@ -564,7 +658,7 @@ class Supervisor:
                     fut: asyncio.Future[Any]
                     if cl.is_async:
                         fut = loop.create_task(
-                            _call_async(cl.fn, cctx), name=f"tether-close-{cl.name}"
+                            call_async(cl.fn, cctx), name=f"tether-close-{cl.name}"
                         )
                     else:
                         fut = thread_future(
@@ -582,6 +676,7 @@ class Supervisor:
                         extra={**extra, "event": "close_timeout"},
                     )
                 elif (exc := fut.exception()) is not None:
+                    exc = unwrap(exc)
                     failed[cl.name] = exc
                     self._log.error(
                         "closer %s failed: %r",
@@ -614,14 +709,45 @@ def _call_sync(what: str, name: str, fn: Callable[[Context], Any], ctx: Context)
     return r
 
 
-async def _call_async(fn: Callable[[Context], Any], ctx: Context) -> object:
-    return await fn(ctx)
+def _finished(c: _Component) -> bool:
+    return c.done is None or c.done.done()
 
 
-def _cancel_leftovers(loop: asyncio.AbstractEventLoop, timeout: float) -> None:
+def _exit_code(failed: list[BaseException], other_trouble: bool) -> int:
+    """0 only if nothing went wrong; a component's ``SystemExit(n)`` sets a code n != 0.
+
+    A ``SystemExit`` with a success code (0, ``None``) is a component asking the
+    service to stop, not a failure; it never turns a run in which something else
+    failed into exit code 0.
+    """
+    codes = []
+    trouble = other_trouble
+    for exc in failed:
+        if isinstance(exc, SystemExit):
+            if exc.code is None or exc.code == 0:
+                continue
+            codes.append(exc.code if isinstance(exc.code, int) else 1)
+        trouble = True
+    if not trouble:
+        return 0
+    return codes[0] if codes else 1
+
+
+def _uncancel() -> None:
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
+
+
+def _cancel_leftovers(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancel what the shutdown abandoned, give it one turn of the loop, and no more.
+
+    Those tasks were already given their whole grace (and reported unfinished);
+    waiting for them again would stretch the documented worst case.
+    """
     tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
     if not tasks:
         return
     for t in tasks:
         t.cancel()
-    loop.run_until_complete(asyncio.wait(tasks, timeout=timeout))
+    loop.run_until_complete(asyncio.sleep(0))
