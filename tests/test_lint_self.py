@@ -41,7 +41,6 @@ KNOWN: dict[tuple[str, str], tuple[int, str]] = {
         "a queued job carries its base context (DetachedJob.ctx on the lifecycle branch)",
     ),
     ("src/tether/lifecycle/_signals.py", "TTH003"): (1, "the signal registry entry it cancels"),
-    ("src/tether/lifecycle/_detached.py", "TTH001"): (2, "private job/outcome plumbing"),
     ("src/tether/lifecycle/_common.py", "TTH001"): (1, "wait_until(futs, ctx): private helper"),
     ("src/tether/lifecycle/_scheduler.py", "TTH001"): (1, "private (fn, ctx) trampoline"),
     ("src/tether/lifecycle/_supervisor.py", "TTH001"): (3, "private (fn, ctx) trampolines"),
@@ -80,7 +79,9 @@ KNOWN_ELSEWHERE: dict[tuple[str, str], tuple[int, str]] = {
     ("src/tether/lifecycle/_pool.py", "TTH001"): (1, "private, optional budget last"),
     ("src/tether/lifecycle/_pool.py", "TTH004"): (1, "the drain grace outlives the run context"),
     ("src/tether/lifecycle/_detached.py", "TTH004"): (2, "the close grace outlives the run"),
-    ("src/tether/integrations/asgi.py", "TTH003"): (1, PER_CALL),
+    ("src/tether/integrations/asgi.py", "TTH003"): (3, PER_CALL),
+    ("src/tether/integrations/asgi.py", "TTH001"): (1, "a per-request object: (scope, parent)"),
+    ("src/tether/integrations/_asgi_server.py", "TTH001"): (1, "private: _first(task, ctx)"),
 }
 
 

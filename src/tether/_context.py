@@ -27,7 +27,7 @@ Locking
 queue. A reader needs no lock: ``_err`` goes from ``None`` to an exception once and
 never changes after.
 
-The lock discipline (docs/design.md section 6 explains why):
+The lock discipline (docs/design.md, "The core survives faults", explains why):
 
 - A critical section is ``_locked(fn, *args)``, or its inlined copy on the hot paths
   (derive and cancel, see ``_cancel``). An asynchronous exception can strike right after

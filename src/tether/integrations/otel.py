@@ -79,6 +79,12 @@ class Region:
     def __init__(
         self, ctx: Context, name: str, tracer: Tracer, attributes: dict[str, Any] | None
     ) -> None:
+        """Use ``region(ctx, name)``, which validates its arguments and makes one.
+
+        Does not block and starts no span (entering does); each call makes a new region;
+        thread-safe (it only stores its arguments). A context that already ended is
+        accepted: the span then records the ended outcome. Raises nothing itself.
+        """
         self._ctx = ctx
         self._name = name
         self._tracer = tracer

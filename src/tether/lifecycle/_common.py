@@ -22,7 +22,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from .. import _context
+from .. import _context, _threads
 from .._context import Context, Key, Scope, after_func, cause, with_cancel, without_cancel
 from .._keys import REQUEST_ID
 from ._signals import SignalReceived
@@ -306,7 +306,7 @@ def start_thread(
     the caller's bookkeeping for the thread is rolled back — and then a ``RuntimeError``
     naming the thread is raised from the original error.
     """
-    t = threading.Thread(target=target, args=args, name=name, daemon=True)
+    t = _threads.new(target, *args, name=name)
     try:
         t.start()
     except BaseException as e:

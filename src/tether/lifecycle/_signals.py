@@ -48,6 +48,7 @@ from collections.abc import Callable
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any, final
 
+from .. import _threads
 from .._context import Context, Scope, _derive, _site, background
 from .._errors import LostCancelWarning
 
@@ -232,7 +233,7 @@ def _acquire_helper() -> queue.SimpleQueue[_Entry | None]:
     with _lock:
         if _queue is None:
             q: queue.SimpleQueue[_Entry | None] = queue.SimpleQueue()
-            threading.Thread(target=_serve, args=(q,), name="tether-signals", daemon=True).start()
+            _threads.start(_serve, q, name="tether-signals")
             _queue = q
         _registered += 1
         return _queue
@@ -259,7 +260,7 @@ def _after_fork_in_child() -> None:
         for entries in _entries.values():
             for e in entries:
                 e.queue = q
-        threading.Thread(target=_serve, args=(q,), name="tether-signals", daemon=True).start()
+        _threads.start(_serve, q, name="tether-signals")
         _queue = q
 
 
