@@ -45,6 +45,7 @@ from typing import Any, Final
 from ._context import Context, Key, Scope, _owner, with_cancel, with_timeout, with_value
 from ._errors import DeadlineExceeded
 from ._keys import REQUEST_ID
+from .integrations import _events
 
 __all__ = [
     "CONNECT_TIMEOUT_HEADER",
@@ -558,6 +559,7 @@ def inject(
     if remaining is not None:
         budget = remaining - pol.margin
         if budget < pol.floor:
+            _events.budget_exhausted("outbound")
             err = DeadlineExceeded()
             err.add_note(
                 f"tether: {max(remaining, 0.0) * 1e3:.3f} ms left, {budget * 1e3:.3f} ms after "
@@ -654,6 +656,7 @@ def extract(
             "tether: headers is a Mapping[str, str] or an iterable of (name, value) pairs "
             f"(bytes or str, as in an ASGI scope); got {type(headers).__name__}"
         ) from e
+    _events.inbound_budget(budget)  # what the caller sent, before the policy's clamp
     if budget is None:
         budget = pol.default_timeout
     else:

@@ -62,6 +62,7 @@ from .._context import _BACKGROUND, Context, _current, current
 from .._errors import Canceled, ContextError, DeadlineExceeded
 from .._keys import REQUEST_ID
 from ..propagation import Policy, PolicyHolder
+from . import _events
 
 __all__ = ["ClientDisconnected", "ContextMiddleware", "request_context"]
 
@@ -324,6 +325,7 @@ class _Exchange:
             _current.set(prev)
 
     def log_499(self, scope: Scope) -> None:
+        _events.client_disconnected("asgi")
         ms = (time.monotonic() - self.t0) * 1e3
         log.info('%s %s 499 client disconnected after %.1f ms (request id %s)',
                  scope.get("method", ""), scope.get("path", ""), ms, self.rid)  # fmt: skip
@@ -431,6 +433,8 @@ class ContextMiddleware:
                 r.log_499(scope)
                 return
             if r.started:
+                if isinstance(err, DeadlineExceeded):
+                    _events.budget_exhausted("asgi_response")
                 ms = (time.monotonic() - r.t0) * 1e3
                 log.warning('%s %s %d aborted after %.1f ms: %s (request id %s)',
                             scope.get("method", ""), scope.get("path", ""), r.status, ms, err,
@@ -445,6 +449,7 @@ class ContextMiddleware:
     @staticmethod
     async def _refuse(scope: Scope, send: Send, err: ContextError, rid: str, t0: float) -> None:
         if isinstance(err, DeadlineExceeded):
+            _events.budget_exhausted("asgi")
             code, text = 504, "504 Gateway Timeout: the request's deadline passed\n"
         else:
             code, text = 503, "503 Service Unavailable: the request was cancelled\n"

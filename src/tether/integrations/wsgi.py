@@ -42,6 +42,7 @@ from .._context import _BACKGROUND, CancelFunc, Context, _current, current
 from .._errors import Canceled, ContextError, DeadlineExceeded
 from .._keys import REQUEST_ID
 from ..propagation import Policy, PolicyHolder
+from . import _events
 
 __all__ = ["ENVIRON_KEY", "ContextMiddleware", "init_flask", "request_context"]
 
@@ -99,6 +100,7 @@ def _ours(err: BaseException, ctx: Context, pol: Policy) -> ContextError | None:
 
 def _refusal(err: ContextError) -> tuple[str, bytes]:
     if isinstance(err, DeadlineExceeded):
+        _events.budget_exhausted("wsgi")
         return "504 Gateway Timeout", b"504 Gateway Timeout: the request's deadline passed\n"
     return "503 Service Unavailable", b"503 Service Unavailable: the request was cancelled\n"
 

@@ -52,6 +52,7 @@ except ImportError as _e:  # pragma: no cover - exercised in a subprocess test
 from ... import propagation
 from ..._context import Context, Scope, after_func, current
 from ..._errors import ContextError, DeadlineExceeded
+from .. import _events
 from ._common import (
     LATE,
     ClientCancelled,
@@ -95,6 +96,7 @@ def _begin(sctx: Any, policy: _Policy) -> Scope:
                 return
             cancel(DeadlineExceeded())
         else:
+            _events.client_disconnected("grpc")
             cancel(ClientCancelled())
 
     if not sctx.add_callback(rpc_ended):

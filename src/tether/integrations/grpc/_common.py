@@ -20,6 +20,7 @@ from ... import propagation
 from ..._context import Context, Scope, background
 from ..._errors import ContextError, DeadlineExceeded
 from ..._keys import REQUEST_ID
+from .. import _events
 
 __all__ = [
     "NO_DEADLINE",
@@ -268,4 +269,7 @@ def ctx_error(ctx: Context) -> ContextError:
 
 def status_name(err: BaseException) -> str:
     """The ``grpc.StatusCode`` name for a tether error that escaped a handler."""
-    return "DEADLINE_EXCEEDED" if isinstance(err, DeadlineExceeded) else "CANCELLED"
+    if isinstance(err, DeadlineExceeded):
+        _events.budget_exhausted("grpc")
+        return "DEADLINE_EXCEEDED"
+    return "CANCELLED"

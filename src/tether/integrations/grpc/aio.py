@@ -43,6 +43,7 @@ import grpc.aio
 from ... import propagation
 from ..._context import Context, Scope, after_func, current
 from ..._errors import ContextError, DeadlineExceeded
+from .. import _events
 from ._common import (
     LATE,
     ClientCancelled,
@@ -82,6 +83,7 @@ def _begin(sctx: Any, policy: _Policy) -> Scope:
                 return
             cancel(DeadlineExceeded())
         else:
+            _events.client_disconnected("grpc")
             cancel(ClientCancelled())
 
     sctx.add_done_callback(rpc_done)
