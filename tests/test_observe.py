@@ -149,3 +149,15 @@ def test_observer_may_use_tether_itself(rec):
     finally:
         _observe.remove_observer(r)
     assert seen == ["canceled"]
+
+
+def test_contexts_born_ended_are_reported_ended(rec):
+    parent, cancel_parent = tether.with_cancel(tether.background())
+    cancel_parent()
+    child, cancel_child = tether.with_cancel(parent)  # born ended under an ended parent
+    expired, cancel_expired = tether.with_timeout(tether.background(), 0)  # born expired
+    assert (child, "parent") in rec.ended
+    assert (expired, "deadline") in rec.ended
+    assert len(rec.ended) == 3
+    cancel_child()
+    cancel_expired()
