@@ -1039,9 +1039,9 @@ def _derive(
     if _observer is not None:
         c._label = (cf._code, cf._lasti)  # an owner's _label: its creation site
         _observed(c, parent, kind)
-        e = c._err
-        if e is not None:  # born ended: it is never marked, so report its end here
-            _report([(c, "deadline" if p._err is not e else "parent")])
+        born = c._err
+        if born is not None:  # born ended: it is never marked, so report its end here
+            _report([(c, "deadline" if p._err is not born else "parent")])
     return Scope((c, cf))
 
 
