@@ -580,3 +580,25 @@ def test_stress_with_gc_pressure_and_cancelling_finalizers():
         """,
         timeout=150,
     )
+
+
+def test_state_machine_under_gc_pressure_with_cancelling_finalizers():
+    # The hypothesis state machine of the context tree (tests/test_tree_properties.py),
+    # rerun with the collector running every few allocations and its `garbage` rule
+    # leaving finalizers that cancel: the model must still match at every step.
+    import os
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "TETHER_GC_PRESSURE": "1"}
+    p = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x",
+         "tests/test_tree_properties.py"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=root,
+        env=env,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stdout[-6000:] + p.stderr[-3000:]
+    assert " passed" in p.stdout

@@ -13,7 +13,9 @@ outcome for some serial order of the operations.
 
 from __future__ import annotations
 
+import gc
 import itertools
+import os
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +34,24 @@ STEPS = [0.0, 0.25, 0.5, 1.0, 3.0]
 MAX_NODES = 40
 
 OWNERS = {"bg", "cancel", "timeout", "deadline"}
+
+# tests/test_faults.py reruns this machine with the collector running very often, so that
+# the finalizers of the `garbage` rule cancel from inside tether's own bookkeeping.
+if os.environ.get("TETHER_GC_PRESSURE") == "1":
+    gc.set_threshold(5, 1, 1)
+
+
+def _abandon_scope(parent: tether.Context) -> None:
+    """Cyclic garbage whose finalizer cancels a private child of ``parent``."""
+
+    def gen():
+        with tether.with_cancel(parent):
+            yield
+
+    g = gen()
+    next(g)
+    cycle: list[Any] = [g]
+    cycle.append(cycle)
 
 
 @dataclass(eq=False)
@@ -251,6 +271,13 @@ class TreeMachine(RuleBasedStateMachine):
         m = self.model()
         m.cancel(n, cause)
         self.adopt(m)
+
+    @rule(i=st.integers(0, 10**6))
+    def garbage(self, i):
+        """A generator suspended inside `with with_cancel(node)` becomes cyclic garbage:
+        whenever the collector frees it (any allocation, on any thread), its scope
+        cancels its private child. The model's nodes must not notice."""
+        _abandon_scope(self.nodes[i % len(self.nodes)].ctx)
 
     @rule(i=st.integers(0, 10**6))
     def read_in_thread(self, i):
