@@ -109,6 +109,7 @@ _LOCK = threading.RLock()
 _rc = _LOCK._recursion_count  # type: ignore[attr-defined]
 _deferred: deque[Callable[[], object]] = deque()  # work of re-entrant calls, run on leave
 _new = object.__new__
+_NO_VALUES: dict[Hashable, Any] = {}  # never written: value() of a context without values
 _getframe = sys._getframe
 
 # The asyncio bridge, imported on first use so that `import tether` does not import
@@ -369,7 +370,8 @@ class Context:
         unhashable key.
         """
         v = self._values
-        return None if v is None else v.get(key)
+        # No values: look in an empty dict, so an unhashable key raises TypeError here too.
+        return _NO_VALUES.get(key) if v is None else v.get(key)
 
     # -- Python protocol ---------------------------------------------------------------
 
@@ -1396,6 +1398,23 @@ def _clock_time(when: object) -> float:
     return _seconds(when, "deadline")
 
 
+# A deadline further than this ahead on the clock's scale is a mistake, not a budget:
+# ``time.time()`` (seconds since 1970, ~1.7e9) passed where ``time.monotonic()``
+# (seconds since boot, typically < 1e8) is expected lands ~56 years away.
+_FAR = 10 * 365.25 * 86400.0
+
+
+def _far_deadline(d: float, now: float) -> ValueError:
+    return ValueError(
+        f"tether: a deadline of {d:.6g} is {(d - now) / (365.25 * 86400):.3g} years from "
+        "now on tether's clock (time.monotonic's scale), so it looks like a time.time() "
+        "value: pass with_timeout(parent, seconds), an aware datetime "
+        "(datetime.now(timezone.utc) + timedelta(seconds=5)), or a time on the "
+        "monotonic scale (time.monotonic() + 5, ctx.deadline()); for no limit, set no "
+        "deadline"
+    )
+
+
 def _cause_arg(cause: object) -> BaseException | None:
     if cause is None or isinstance(cause, BaseException):
         return cause
@@ -1436,12 +1455,17 @@ def with_deadline(
     ended, the child is born ended with the parent's error; if ``when`` already passed,
     it is born ended with ``DeadlineExceeded``. Raises ``TypeError`` for a
     ``None``/non-Context parent, a non-number ``when`` (``bool`` and ``str`` included), a
-    naive datetime or a non-exception cause; ``ValueError`` for NaN or infinity.
+    naive datetime or a non-exception cause; ``ValueError`` for NaN or infinity, and for
+    a number ``when`` more than 10 years ahead (a ``time.time()`` value, most likely:
+    the message names the fix; ``with_timeout`` and a ``datetime`` have no such limit).
     """
     d = _clock_time(when)
     if cause is not None:
         cause = _cause_arg(cause)
-    return _derive(parent, "with_deadline", d, d <= _clock.now(), cause)
+    now = _clock.now()
+    if d - now > _FAR and not isinstance(when, datetime):  # a datetime cannot be mistaken
+        raise _far_deadline(d, now)
+    return _derive(parent, "with_deadline", d, d <= now, cause)
 
 
 def with_timeout(

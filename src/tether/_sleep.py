@@ -14,6 +14,8 @@ from ._context import Context, _fresh_error, _owner, _seconds, with_timeout
 
 __all__ = ["asleep", "sleep"]
 
+_INF = float("inf")
+
 
 def sleep(ctx: Context, seconds: float | timedelta) -> None:
     """Block the calling thread for ``seconds``, or raise as soon as ``ctx`` ends.
@@ -30,10 +32,15 @@ def sleep(ctx: Context, seconds: float | timedelta) -> None:
     to ``with tether.with_timeout(ctx, seconds) as c: c.done().wait()``, then
     ``ctx.check()``. Raises ``Canceled``/``DeadlineExceeded`` as said, ``TypeError``
     for a ``None``/non-Context ``ctx`` or a non-number ``seconds``, ``ValueError`` for
-    NaN or infinity, ``KeyboardInterrupt`` if interrupted.
+    NaN or ``-inf``, ``KeyboardInterrupt`` if interrupted. ``math.inf`` means "until
+    ``ctx`` ends" (as ``ctx.done().wait(math.inf)``): it never returns, only raises.
 
     Added in 0.1.
     """
+    if type(seconds) is float and seconds == _INF:  # until ctx ends, as done().wait(inf)
+        c = _owner(ctx)
+        c.done().wait()
+        raise _fresh_error(c)
     s = _seconds(seconds)
     c = _owner(ctx)
     if c._err is None and s > 0:
@@ -58,10 +65,15 @@ async def asleep(ctx: Context, seconds: float | timedelta) -> None:
     sleeps anew (nothing to make idempotent). If the task is cancelled,
     ``CancelledError`` propagates. Raises ``Canceled``/``DeadlineExceeded``,
     ``CancelledError``, ``TypeError`` for a ``None``/non-Context ``ctx`` or a
-    non-number ``seconds``, ``ValueError`` for NaN or infinity.
+    non-number ``seconds``, ``ValueError`` for NaN or ``-inf``. ``math.inf`` means
+    "until ``ctx`` ends": it never returns, only raises.
 
     Added in 0.1.
     """
+    if type(seconds) is float and seconds == _INF:  # until ctx ends
+        c = _owner(ctx)
+        await c.done()
+        raise _fresh_error(c)
     s = _seconds(seconds)
     c = _owner(ctx)
     if c._err is None:
