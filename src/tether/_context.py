@@ -72,7 +72,13 @@ from types import CodeType, TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, final, overload
 
 from . import _clock, _runner
-from ._errors import Canceled, ContextError, DeadlineExceeded, LostCancelWarning
+from ._errors import (
+    BlockingCallWarning,
+    Canceled,
+    ContextError,
+    DeadlineExceeded,
+    LostCancelWarning,
+)
 
 if TYPE_CHECKING:
     from asyncio import Task
@@ -111,6 +117,7 @@ _deferred: deque[Callable[[], object]] = deque()  # work of re-entrant calls, ru
 _new = object.__new__
 _NO_VALUES: dict[Hashable, Any] = {}  # never written: value() of a context without values
 _getframe = sys._getframe
+_modules = sys.modules
 
 # The asyncio bridge, imported on first use so that `import tether` does not import
 # asyncio (a function-level import costs microseconds per call; this global does not).
@@ -183,6 +190,25 @@ def _run_deferred() -> None:
             fn()
         except Exception:
             _log_exception("tether: deferred cancellation work raised")
+
+
+def _on_loop_thread() -> bool:
+    """True if the calling thread is running an asyncio event loop (~40 ns).
+
+    Does not import asyncio: a thread runs a loop only if asyncio was imported.
+    """
+    aio = _modules.get("asyncio")
+    return aio is not None and aio._get_running_loop() is not None
+
+
+def _warn_blocking(call: str, instead: str, stacklevel: int = 3) -> None:
+    """Warn that ``call`` blocks the event loop running on this thread; name ``instead``."""
+    warnings.warn(
+        f"tether: {call} blocks this thread, which runs an asyncio event loop: every task "
+        f"of the loop stalls while it waits; in a coroutine use {instead}",
+        BlockingCallWarning,
+        stacklevel=stacklevel,
+    )
 
 
 def _log_exception(msg: str) -> None:
@@ -462,8 +488,9 @@ class Done:
         ``timeout`` is in real seconds (``None`` or ``math.inf``: no limit; ``<= 0``: just
         poll). Many threads
         may wait at once; a ``cancel()`` from any thread releases them all. Do not call it on
-        an event loop's thread: ``await`` the handle instead. A context that can never end
-        (``background()``) blocks until the timeout.
+        an event loop's thread: ``await`` the handle instead (a call that would block there
+        warns, ``tether.BlockingCallWarning``; a poll does not). A context that can never
+        end (``background()``) blocks until the timeout.
 
         Blocks (up to ``timeout``); idempotent; thread-safe. On an already ended context it
         returns ``True`` at once. Raises ``TypeError`` for a timeout that is not a number of
@@ -481,20 +508,9 @@ class Done:
                     return False
                 if timeout > threading.TIMEOUT_MAX:  # longer than a lock can wait: no limit
                     timeout = None
-        ev = c._event
-        if ev is None:
-            new = threading.Event()
-            if c is _BACKGROUND:
-                return new.wait(timeout)
-            got = _locked(_install_event, c, new)
-            if got is _REENTERED:  # in a finalizer or signal handler: register afterwards
-                ev = new
-                _defer(partial(_late_add, c, new.set))
-            elif got is None:
-                return True  # ended meanwhile
-            else:
-                ev = got
-        return ev.wait(timeout)
+        if _on_loop_thread():
+            _warn_blocking("ctx.done().wait(timeout)", "await ctx.done()")
+        return _block(c, timeout)
 
     def __await__(self) -> Generator[Any, None, None]:
         """``await ctx.done()``: suspend the calling task until the context ends.
@@ -524,6 +540,28 @@ class Done:
 
     def __repr__(self) -> str:
         return f"<tether.Done {'set' if self.is_set() else 'unset'} of {self._c!r}>"
+
+
+def _block(c: Context, timeout: float | None) -> bool:
+    """Block until owner ``c`` ends or ``timeout`` (real seconds, > 0, or None) passes.
+
+    ``Done.wait`` without its argument checks and its event-loop warning (``sleep``
+    warns once itself, then waits here).
+    """
+    ev = c._event
+    if ev is None:
+        new = threading.Event()
+        if c is _BACKGROUND:
+            return new.wait(timeout)
+        got = _locked(_install_event, c, new)
+        if got is _REENTERED:  # in a finalizer or signal handler: register afterwards
+            ev = new
+            _defer(partial(_late_add, c, new.set))
+        elif got is None:
+            return True  # ended meanwhile
+        else:
+            ev = got
+    return ev.wait(timeout)
 
 
 # --------------------------------------------------------------------------------------

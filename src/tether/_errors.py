@@ -7,7 +7,13 @@
 
 from __future__ import annotations
 
-__all__ = ["Canceled", "ContextError", "DeadlineExceeded", "LostCancelWarning"]
+__all__ = [
+    "BlockingCallWarning",
+    "Canceled",
+    "ContextError",
+    "DeadlineExceeded",
+    "LostCancelWarning",
+]
 
 
 class ContextError(Exception):
@@ -60,6 +66,30 @@ class LostCancelWarning(ResourceWarning):
     warnings are enabled (``python -X dev``, ``-W default``, or pytest).
 
     Added in 0.1.
+    """
+
+    __module__ = "tether"
+
+
+class BlockingCallWarning(RuntimeWarning):
+    """A blocking tether call was made on a thread that runs an asyncio event loop.
+
+    ``tether.sleep``, ``ctx.done().wait(t)``, ``Limiter.acquire``, ``with Group(...)``,
+    ``Group.wait()`` and ``Handle.result()`` block the calling thread; on an event loop's
+    thread they freeze every task of that loop for as long as they wait. The message
+    names the asynchronous form to use instead (``await tether.asleep``, ``await
+    ctx.done()``, ``await limiter.aacquire``, ``TaskGroup``). A call that does not wait
+    (a zero timeout, an ended context, a free slot) is not reported.
+
+    A ``RuntimeWarning``, so Python shows it by default, once per call site; make it
+    an error with ``warnings.simplefilter("error", tether.BlockingCallWarning)``,
+    pytest's ``filterwarnings = ["error::tether.BlockingCallWarning"]``, or
+    ``python -W error::RuntimeWarning`` (``-W`` cannot name a class of a module that is
+    not imported yet). A warning rather than an error because interactive kernels
+    (Jupyter, IPython's autoawait) run every cell on the loop's thread, where a
+    blocking call is expected; ``docs/design.md`` ("newcomer") records the choice.
+
+    Added in 0.2.
     """
 
     __module__ = "tether"

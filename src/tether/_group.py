@@ -36,7 +36,7 @@ from contextvars import Token, copy_context
 from types import CoroutineType, TracebackType
 from typing import Any, Generic, NoReturn, TypeVar, TypeVarTuple, final
 
-from ._context import CancelFunc, Context, _current, _derive
+from ._context import CancelFunc, Context, _current, _derive, _on_loop_thread, _warn_blocking
 from ._outcome import Outcome
 from ._thread import _call_failed, _not_a_function, _returned_coroutine, submit
 
@@ -180,6 +180,8 @@ class Handle(Generic[T]):
         ``TimeoutError`` if ``timeout`` passed first.
         """
         if self._state != _DONE:
+            if timeout != 0 and _on_loop_thread():
+                _warn_blocking("Handle.result()", "a tether.TaskGroup (await the handle)")
             g = self._group
             with g._lock:
                 if self._state != _DONE:
@@ -457,6 +459,8 @@ class Group:
         ``KeyboardInterrupt`` while it waits cancels ``g.ctx`` (with it as the cause)
         and is re-raised at once, without waiting further.
         """
+        if _on_loop_thread():
+            _warn_blocking("Group.wait()", "a tether.TaskGroup (await g.wait())")
         self._wait_tasks()
         exc = self._conclude()
         if exc is not None:
@@ -471,6 +475,12 @@ class Group:
         """
         if self._token is not None:
             raise RuntimeError("tether: this group is already entered; make one group per block")
+        if _on_loop_thread():  # leaving the block will wait for the tasks
+            _warn_blocking(
+                "`with tether.Group(...)` (leaving the block waits for its tasks)",
+                "`async with tether.TaskGroup(ctx) as g:`, or tether.to_thread for "
+                "blocking functions",
+            )
         self._token = _current.set(self._ctx)
         return self
 
