@@ -115,7 +115,6 @@ _LOCK = threading.RLock()
 _rc = _LOCK._recursion_count  # type: ignore[attr-defined]
 _deferred: deque[Callable[[], object]] = deque()  # work of re-entrant calls, run on leave
 _new = object.__new__
-_NO_VALUES: dict[Hashable, Any] = {}  # never written: value() of a context without values
 _getframe = sys._getframe
 _modules = sys.modules
 
@@ -396,8 +395,11 @@ class Context:
         unhashable key.
         """
         v = self._values
-        # No values: look in an empty dict, so an unhashable key raises TypeError here too.
-        return _NO_VALUES.get(key) if v is None else v.get(key)
+        if v is None:
+            if type(key) is not Key:  # a Key is hashable: keep its miss as cheap as before
+                hash(key)  # an unhashable key raises TypeError here too, as documented
+            return None
+        return v.get(key)
 
     # -- Python protocol ---------------------------------------------------------------
 
