@@ -3,8 +3,9 @@
 N1  the event-loop check that guards blocking calls (``_on_loop_thread``), off a loop
     with asyncio imported, vs calling ``asyncio._get_running_loop()`` directly (its floor).
 N2  the same check on a loop's thread (where it decides to warn).
-N3  ``ctx.value(key)`` on a context without values, a ``tether.Key`` (unchanged: no hash)
-    and a str key (now hashed, so an unhashable key raises) vs on a context with values.
+N3  ``ctx.value(key)`` on a context without values (now a lookup in one shared empty
+    dict, so an unhashable key raises), a ``tether.Key`` and a str key, vs on a context
+    with values.
 N4  ``ctx.done().wait(0.0001)`` on a live context, off a loop (the check sits on this
     path, before blocking) vs ``threading.Event().wait(0.0001)``.
 N5  ``Group.go`` + ``wait`` of 1 no-op task (``__enter__``/``wait`` now check the loop) vs

@@ -115,6 +115,7 @@ _LOCK = threading.RLock()
 _rc = _LOCK._recursion_count  # type: ignore[attr-defined]
 _deferred: deque[Callable[[], object]] = deque()  # work of re-entrant calls, run on leave
 _new = object.__new__
+_NO_VALUES: dict[Hashable, Any] = {}  # the values of a context without any; never written
 _getframe = sys._getframe
 _modules = sys.modules
 
@@ -274,7 +275,7 @@ class Context:
 
     __slots__ = (
         "_c",  # the nearest owning ancestor, or None for an owner (no self-reference cycle)
-        "_values",  # dict of every value visible from here, or None; never mutated
+        "_values",  # dict of every value visible from here (_NO_VALUES: none); never mutated
         "_parent",  # the context this one was derived from (None for the roots)
         "_kind",  # how it was made, for repr
         "_label",  # what repr shows in parentheses for with_value (the key)
@@ -293,7 +294,7 @@ class Context:
     __module__ = "tether"
 
     _c: Context | None
-    _values: dict[Hashable, Any] | None
+    _values: dict[Hashable, Any]  # _NO_VALUES when no value is bound
     _parent: Context | None
     _kind: str
     _label: object
@@ -394,12 +395,9 @@ class Context:
         Non-blocking; the same result on every call; thread-safe. Raises ``TypeError`` for an
         unhashable key.
         """
-        v = self._values
-        if v is None:
-            if type(key) is not Key:  # a Key is hashable: keep its miss as cheap as before
-                hash(key)  # an unhashable key raises TypeError here too, as documented
-            return None
-        return v.get(key)
+        # A context without values shares one empty dict (never written), so an
+        # unhashable key raises TypeError on every context, and there is no branch.
+        return self._values.get(key)
 
     # -- Python protocol ---------------------------------------------------------------
 
@@ -1334,7 +1332,7 @@ class Scope(tuple[Context, CancelFunc]):
 def _root(kind: str) -> Context:
     c: Context = _new(Context)
     c._c = None
-    c._values = None
+    c._values = _NO_VALUES
     c._parent = None
     c._kind = kind
     c._label = None
@@ -1551,7 +1549,7 @@ def with_value(parent: Context, key: Key[T] | Hashable, value: T | Any) -> Conte
         raise ValueError("tether: a value key must not be None; use a tether.Key('name')")
     old = parent._values
     try:
-        values = {key: value} if old is None else {**old, key: value}
+        values = {key: value} if old is _NO_VALUES else {**old, key: value}
     except TypeError:
         raise TypeError(
             f"tether: a value key must be hashable, got {type(key).__name__}; "
