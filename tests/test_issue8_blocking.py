@@ -38,6 +38,11 @@ def blocking(got):
     return [w for w in got if issubclass(w.category, tether.BlockingCallWarning)]
 
 
+def test_the_warning_is_a_runtime_warning_shown_by_default():
+    assert issubclass(tether.BlockingCallWarning, RuntimeWarning)
+    assert tether.BlockingCallWarning.__module__ == "tether"
+
+
 def test_sleep_on_the_loop_warns_at_the_callers_line():
     got = blocking(on_loop(lambda: tether.sleep(bg(), 0.001)))
     assert len(got) == 1

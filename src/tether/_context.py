@@ -462,7 +462,9 @@ class Done:
       promptly when another thread cancels. Cancelling the awaiting task unregisters it.
 
     Using it as a bool is an error (``if ctx.done():`` is always true for an object);
-    write ``if ctx.done().is_set():`` or ``if ctx.err() is not None:``.
+    write ``if ctx.done().is_set():`` or ``if ctx.err() is not None:``. It is awaitable,
+    not a future: for ``asyncio.wait``/``as_completed`` wrap it,
+    ``asyncio.ensure_future(ctx.done())``, and cancel that task after use.
 
     Added in 0.1.
     """
