@@ -128,6 +128,20 @@ def test_group_block_wait_and_result_warn():
     assert all(w.filename == __file__ for w in got)
 
 
+def test_trio_run_warns_too():
+    trio = pytest.importorskip("trio")
+
+    async def main():
+        with warnings.catch_warnings(record=True) as got:
+            warnings.simplefilter("always")
+            tether.sleep(bg(), 0.001)
+        return got
+
+    got = blocking(trio.run(main))
+    assert len(got) == 1
+    assert "asyncio or Trio" in str(got[0].message)
+
+
 def test_no_warning_off_the_loop():
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -193,19 +193,22 @@ def _run_deferred() -> None:
 
 
 def _on_loop_thread() -> bool:
-    """True if the calling thread is running an asyncio event loop (~40 ns).
+    """True if the calling thread runs an asyncio event loop or a Trio run (~40 ns).
 
-    Does not import asyncio: a thread runs a loop only if asyncio was imported.
+    Imports nothing: a thread runs a loop only if asyncio (or Trio) was imported.
     """
     aio = _modules.get("asyncio")
-    return aio is not None and aio._get_running_loop() is not None
+    if aio is not None and aio._get_running_loop() is not None:
+        return True
+    trio = _modules.get("trio")
+    return trio is not None and bool(trio.lowlevel.in_trio_run())
 
 
 def _warn_blocking(call: str, instead: str, stacklevel: int = 3) -> None:
     """Warn that ``call`` blocks the event loop running on this thread; name ``instead``."""
     warnings.warn(
-        f"tether: {call} blocks this thread, which runs an asyncio event loop: every task "
-        f"of the loop stalls while it waits; in a coroutine use {instead}",
+        f"tether: {call} blocks this thread, which runs an event loop (asyncio or Trio): "
+        f"every task of the loop stalls while it waits; in a coroutine use {instead}",
         BlockingCallWarning,
         stacklevel=stacklevel,
     )

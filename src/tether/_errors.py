@@ -79,7 +79,7 @@ class LostCancelWarning(ResourceWarning):
 
 
 class BlockingCallWarning(RuntimeWarning):
-    """A blocking tether call was made on a thread that runs an asyncio event loop.
+    """A blocking tether call was made on a thread that runs an event loop (asyncio, Trio).
 
     ``tether.sleep``, ``ctx.done().wait(t)``, ``Limiter.acquire``, ``with Group(...)``,
     ``Group.wait()`` and ``Handle.result()`` block the calling thread; on an event loop's
