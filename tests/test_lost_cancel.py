@@ -186,10 +186,13 @@ cancel_parent()
 """
 
 
-def test_hidden_by_default_like_every_resource_warning():
+def test_shown_by_default_unlike_other_resource_warnings():
+    # Issue 8 item 5: plain `python` shows a lost cancel (tests/test_issue8_warnings.py
+    # covers -W error and the user's own options winning).
     proc = _run(LOSE)
     assert proc.returncode == 0
-    assert proc.stderr == ""
+    assert "LostCancelWarning" in proc.stderr
+    assert "<string>:5" in proc.stderr
 
 
 @pytest.mark.parametrize("flags", [("-X", "dev"), ("-W", "default")], ids=["dev", "default"])

@@ -43,7 +43,13 @@ from ._context import (
     with_value,
     without_cancel,
 )
-from ._errors import Canceled, ContextError, DeadlineExceeded, LostCancelWarning
+from ._errors import (
+    BlockingCallWarning,
+    Canceled,
+    ContextError,
+    DeadlineExceeded,
+    LostCancelWarning,
+)
 from ._group import Group, Handle
 from ._keys import REQUEST_ID
 from ._limiter import Limiter
@@ -55,6 +61,7 @@ from .lifecycle._signals import signal_context
 __version__ = "0.1.0"
 
 __all__ = [
+    "BlockingCallWarning",
     "CancelFunc",
     "Canceled",
     "Context",

@@ -72,7 +72,13 @@ from types import CodeType, TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, final, overload
 
 from . import _clock, _runner
-from ._errors import Canceled, ContextError, DeadlineExceeded, LostCancelWarning
+from ._errors import (
+    BlockingCallWarning,
+    Canceled,
+    ContextError,
+    DeadlineExceeded,
+    LostCancelWarning,
+)
 
 if TYPE_CHECKING:
     from asyncio import Task
@@ -109,7 +115,9 @@ _LOCK = threading.RLock()
 _rc = _LOCK._recursion_count  # type: ignore[attr-defined]
 _deferred: deque[Callable[[], object]] = deque()  # work of re-entrant calls, run on leave
 _new = object.__new__
+_NO_VALUES: dict[Hashable, Any] = {}  # the values of a context without any; never written
 _getframe = sys._getframe
+_modules = sys.modules
 
 # The asyncio bridge, imported on first use so that `import tether` does not import
 # asyncio (a function-level import costs microseconds per call; this global does not).
@@ -184,6 +192,28 @@ def _run_deferred() -> None:
             _log_exception("tether: deferred cancellation work raised")
 
 
+def _on_loop_thread() -> bool:
+    """True if the calling thread runs an asyncio event loop or a Trio run (~40 ns).
+
+    Imports nothing: a thread runs a loop only if asyncio (or Trio) was imported.
+    """
+    aio = _modules.get("asyncio")
+    if aio is not None and aio._get_running_loop() is not None:
+        return True
+    trio = _modules.get("trio")
+    return trio is not None and bool(trio.lowlevel.in_trio_run())
+
+
+def _warn_blocking(call: str, instead: str, stacklevel: int = 3) -> None:
+    """Warn that ``call`` blocks the event loop running on this thread; name ``instead``."""
+    warnings.warn(
+        f"tether: {call} blocks this thread, which runs an event loop (asyncio or Trio): "
+        f"every task of the loop stalls while it waits; in a coroutine use {instead}",
+        BlockingCallWarning,
+        stacklevel=stacklevel,
+    )
+
+
 def _log_exception(msg: str) -> None:
     import logging  # only on failure paths: `import tether` stays light
 
@@ -248,7 +278,7 @@ class Context:
 
     __slots__ = (
         "_c",  # the nearest owning ancestor, or None for an owner (no self-reference cycle)
-        "_values",  # dict of every value visible from here, or None; never mutated
+        "_values",  # dict of every value visible from here (_NO_VALUES: none); never mutated
         "_parent",  # the context this one was derived from (None for the roots)
         "_kind",  # how it was made, for repr
         "_label",  # what repr shows in parentheses for with_value (the key)
@@ -267,7 +297,7 @@ class Context:
     __module__ = "tether"
 
     _c: Context | None
-    _values: dict[Hashable, Any] | None
+    _values: dict[Hashable, Any]  # _NO_VALUES when no value is bound
     _parent: Context | None
     _kind: str
     _label: object
@@ -368,8 +398,9 @@ class Context:
         Non-blocking; the same result on every call; thread-safe. Raises ``TypeError`` for an
         unhashable key.
         """
-        v = self._values
-        return None if v is None else v.get(key)
+        # A context without values shares one empty dict (never written), so an
+        # unhashable key raises TypeError on every context, and there is no branch.
+        return self._values.get(key)
 
     # -- Python protocol ---------------------------------------------------------------
 
@@ -434,7 +465,9 @@ class Done:
       promptly when another thread cancels. Cancelling the awaiting task unregisters it.
 
     Using it as a bool is an error (``if ctx.done():`` is always true for an object);
-    write ``if ctx.done().is_set():`` or ``if ctx.err() is not None:``.
+    write ``if ctx.done().is_set():`` or ``if ctx.err() is not None:``. It is awaitable,
+    not a future: for ``asyncio.wait``/``as_completed`` wrap it,
+    ``asyncio.ensure_future(ctx.done())``, and cancel that task after use.
 
     Added in 0.1.
     """
@@ -460,8 +493,9 @@ class Done:
         ``timeout`` is in real seconds (``None`` or ``math.inf``: no limit; ``<= 0``: just
         poll). Many threads
         may wait at once; a ``cancel()`` from any thread releases them all. Do not call it on
-        an event loop's thread: ``await`` the handle instead. A context that can never end
-        (``background()``) blocks until the timeout.
+        an event loop's thread: ``await`` the handle instead (a call that would block there
+        warns, ``tether.BlockingCallWarning``; a poll does not). A context that can never
+        end (``background()``) blocks until the timeout.
 
         Blocks (up to ``timeout``); idempotent; thread-safe. On an already ended context it
         returns ``True`` at once. Raises ``TypeError`` for a timeout that is not a number of
@@ -479,20 +513,9 @@ class Done:
                     return False
                 if timeout > threading.TIMEOUT_MAX:  # longer than a lock can wait: no limit
                     timeout = None
-        ev = c._event
-        if ev is None:
-            new = threading.Event()
-            if c is _BACKGROUND:
-                return new.wait(timeout)
-            got = _locked(_install_event, c, new)
-            if got is _REENTERED:  # in a finalizer or signal handler: register afterwards
-                ev = new
-                _defer(partial(_late_add, c, new.set))
-            elif got is None:
-                return True  # ended meanwhile
-            else:
-                ev = got
-        return ev.wait(timeout)
+        if _on_loop_thread():
+            _warn_blocking("ctx.done().wait(timeout)", "await ctx.done()")
+        return _block(c, timeout)
 
     def __await__(self) -> Generator[Any, None, None]:
         """``await ctx.done()``: suspend the calling task until the context ends.
@@ -522,6 +545,28 @@ class Done:
 
     def __repr__(self) -> str:
         return f"<tether.Done {'set' if self.is_set() else 'unset'} of {self._c!r}>"
+
+
+def _block(c: Context, timeout: float | None) -> bool:
+    """Block until owner ``c`` ends or ``timeout`` (real seconds, > 0, or None) passes.
+
+    ``Done.wait`` without its argument checks and its event-loop warning (``sleep``
+    warns once itself, then waits here).
+    """
+    ev = c._event
+    if ev is None:
+        new = threading.Event()
+        if c is _BACKGROUND:
+            return new.wait(timeout)
+        got = _locked(_install_event, c, new)
+        if got is _REENTERED:  # in a finalizer or signal handler: register afterwards
+            ev = new
+            _defer(partial(_late_add, c, new.set))
+        elif got is None:
+            return True  # ended meanwhile
+        else:
+            ev = got
+    return ev.wait(timeout)
 
 
 # --------------------------------------------------------------------------------------
@@ -1295,7 +1340,7 @@ class Scope(tuple[Context, CancelFunc]):
 def _root(kind: str) -> Context:
     c: Context = _new(Context)
     c._c = None
-    c._values = None
+    c._values = _NO_VALUES
     c._parent = None
     c._kind = kind
     c._label = None
@@ -1399,6 +1444,23 @@ def _clock_time(when: object) -> float:
     return _seconds(when, "deadline")
 
 
+# A deadline further than this ahead on the clock's scale is a mistake, not a budget:
+# ``time.time()`` (seconds since 1970, ~1.7e9) passed where ``time.monotonic()``
+# (seconds since boot, typically < 1e8) is expected lands ~56 years away.
+_FAR = 10 * 365.25 * 86400.0
+
+
+def _far_deadline(d: float, now: float) -> ValueError:
+    return ValueError(
+        f"tether: a deadline of {d:.6g} is {(d - now) / (365.25 * 86400):.3g} years from "
+        "now on tether's clock (time.monotonic's scale), so it looks like a time.time() "
+        "value: pass with_timeout(parent, seconds), an aware datetime "
+        "(datetime.now(timezone.utc) + timedelta(seconds=5)), or a time on the "
+        "monotonic scale (time.monotonic() + 5, ctx.deadline()); for no limit, set no "
+        "deadline"
+    )
+
+
 def _cause_arg(cause: object) -> BaseException | None:
     if cause is None or isinstance(cause, BaseException):
         return cause
@@ -1439,12 +1501,17 @@ def with_deadline(
     ended, the child is born ended with the parent's error; if ``when`` already passed,
     it is born ended with ``DeadlineExceeded``. Raises ``TypeError`` for a
     ``None``/non-Context parent, a non-number ``when`` (``bool`` and ``str`` included), a
-    naive datetime or a non-exception cause; ``ValueError`` for NaN or infinity.
+    naive datetime or a non-exception cause; ``ValueError`` for NaN or infinity, and for
+    a number ``when`` more than 10 years ahead (a ``time.time()`` value, most likely:
+    the message names the fix; ``with_timeout`` and a ``datetime`` have no such limit).
     """
     d = _clock_time(when)
     if cause is not None:
         cause = _cause_arg(cause)
-    return _derive(parent, "with_deadline", d, d <= _clock.now(), cause)
+    now = _clock.now()
+    if d - now > _FAR and not isinstance(when, datetime):  # a datetime cannot be mistaken
+        raise _far_deadline(d, now)
+    return _derive(parent, "with_deadline", d, d <= now, cause)
 
 
 def with_timeout(
@@ -1490,7 +1557,7 @@ def with_value(parent: Context, key: Key[T] | Hashable, value: T | Any) -> Conte
         raise ValueError("tether: a value key must not be None; use a tether.Key('name')")
     old = parent._values
     try:
-        values = {key: value} if old is None else {**old, key: value}
+        values = {key: value} if old is _NO_VALUES else {**old, key: value}
     except TypeError:
         raise TypeError(
             f"tether: a value key must be hashable, got {type(key).__name__}; "

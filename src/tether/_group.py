@@ -33,12 +33,12 @@ from collections import deque
 from collections.abc import Callable
 from contextvars import Context as _CVContext
 from contextvars import Token, copy_context
-from types import TracebackType
+from types import CoroutineType, TracebackType
 from typing import Any, Generic, NoReturn, TypeVar, TypeVarTuple, final
 
-from ._context import CancelFunc, Context, _current, _derive
+from ._context import CancelFunc, Context, _current, _derive, _on_loop_thread, _warn_blocking
 from ._outcome import Outcome
-from ._thread import submit
+from ._thread import _call_failed, _not_a_function, _returned_coroutine, submit
 
 __all__ = ["Group", "Handle"]
 
@@ -80,6 +80,41 @@ def _reraise(exc: BaseException) -> NoReturn:
         raise exc
     finally:
         exc.__context__ = saved
+
+
+def _in_chain(exc: BaseException, target: BaseException) -> bool:
+    """True if ``target`` is ``exc`` or among its causes and contexts (cycle-safe)."""
+    seen: set[int] = set()
+    todo = [exc]
+    while todo:
+        e = todo.pop()
+        if e is target:
+            return True
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        todo.extend(n for n in (e.__cause__, e.__context__) if n is not None)
+    return False
+
+
+def _reraise_over(raised: BaseException, body: BaseException | None) -> NoReturn:
+    """Raise what a group chose on leaving its block, never losing the body's exception.
+
+    "The first error wins", but the body's own exception, when it is not the one raised,
+    is chained as the ``__context__`` of what is raised (the traceback shows it first,
+    as plain Python shows an exception raised while handling another), or, when that
+    would overwrite the error's own context or make a cycle, named in a note.
+    """
+    if body is not None and body is not raised:
+        if raised.__context__ is None and not _in_chain(body, raised):
+            raised.__context__ = body
+        elif not _in_chain(raised, body):
+            note = (
+                f"tether: the body of the group's block also raised {type(body).__name__}: {body}"
+            )
+            if note not in getattr(raised, "__notes__", ()):
+                raised.add_note(note)
+    _reraise(raised)
 
 
 def _limit_zero() -> ValueError:
@@ -145,6 +180,8 @@ class Handle(Generic[T]):
         ``TimeoutError`` if ``timeout`` passed first.
         """
         if self._state != _DONE:
+            if timeout != 0 and _on_loop_thread():
+                _warn_blocking("Handle.result()", "a tether.TaskGroup (await the handle)")
             g = self._group
             with g._lock:
                 if self._state != _DONE:
@@ -193,9 +230,16 @@ class Handle(Generic[T]):
         try:
             value = fn(ctx, *args)  # type: ignore[misc]
         except BaseException as e:
+            if type(e) is TypeError:
+                tb = e.__traceback__
+                if tb is not None and tb.tb_next is None:  # the call failed, not fn's body
+                    e = _call_failed(e, fn, "Group.go")
             g._finish(self, None, e)
         else:
-            g._finish(self, value, None)
+            if type(value) is CoroutineType:
+                g._finish(self, None, _returned_coroutine(value, fn, "Group.go"))
+            else:
+                g._finish(self, value, None)
 
     def __repr__(self) -> str:
         if self._state != _DONE:
@@ -248,7 +292,9 @@ class Group:
       raised on seeing that (typically ``ctx.check()``'s, chained to that cause).
     - a body that raises counts as one more task: inside ``with``, its exception is
       recorded like a task's (so in the default mode it cancels ``g.ctx``), the block
-      still waits for the tasks, and the first error is raised.
+      still waits for the tasks, and the first error is raised. The body's exception
+      is never lost when another is raised: it becomes that error's ``__context__``
+      (or, if the error has a context of its own, a note on it).
     - the group never interrupts a thread: a task stops when it watches ``g.ctx``
       (``check()``, ``done().wait()``, ``remaining()``).
 
@@ -317,10 +363,32 @@ class Group:
     def limit(self) -> int | None:
         """The most tasks that may run at once, or ``None`` for no limit.
 
-        Fixed at construction. Non-blocking, thread-safe, idempotent, never raises;
-        unaffected by the context having ended.
+        Set at construction, changed by ``set_limit``. Non-blocking, thread-safe,
+        idempotent, never raises; unaffected by the context having ended.
         """
         return self._limit
+
+    def set_limit(self, limit: int | None) -> None:
+        """Change the most tasks that may run at once (``None``: no limit). errgroup's ``SetLimit``.
+
+        As in errgroup, the limit may only change while no task is active (none running
+        and none waiting for a slot): between ``wait()`` calls, or before the first
+        ``go``. Non-blocking; idempotent (setting the same limit twice is harmless);
+        thread-safe. Whether ``g.ctx`` ended does not matter. Raises ``RuntimeError``
+        (``tether:``) while tasks are active, ``TypeError``/``ValueError`` for a limit
+        that is not an int >= 0 or ``None``.
+        """
+        lim = _check_limit(limit)
+        with self._lock:
+            n = self._n
+            if n == 0 and not self._slot_waiters:
+                self._limit = lim
+                return
+        raise RuntimeError(
+            f"tether: set_limit() while {n} task(s) of the group are active; as in "
+            "errgroup, change the limit only when none is: call it before go(), or "
+            "after wait() returned"
+        )
 
     def go(self, fn: Callable[[Context, *Ts], T], *args: *Ts) -> Handle[T]:
         """Call ``fn(g.ctx, *args)`` on a worker thread; return its ``Handle``.
@@ -331,12 +399,14 @@ class Group:
         task that waits for a slot in its own full group waits for itself). If
         ``g.ctx`` already ended (a task failed, the parent ended, ``wait()`` returned),
         the task still runs and sees it ended, as in errgroup. Raises ``TypeError`` if
-        ``fn`` is not callable, ``ValueError`` if the limit is 0, and
-        ``KeyboardInterrupt`` if interrupted while waiting for a slot (no task is then
-        started).
+        ``fn`` is not callable (a coroutine object is closed and named as the mistake),
+        ``ValueError`` if the limit is 0, and ``KeyboardInterrupt`` if interrupted while
+        waiting for a slot (no task is then started). A task whose call ``fn(g.ctx,
+        *args)`` itself fails (``fn`` takes no context) or that returns a coroutine
+        (``fn`` is async) fails with a ``tether:`` ``TypeError`` saying so.
         """
         if not callable(fn):
-            raise TypeError(f"tether: go() needs a callable, got {type(fn).__name__}")
+            raise _not_a_function(fn, "Group.go")
         lock = self._lock
         lock.acquire()
         lim = self._limit
@@ -362,7 +432,7 @@ class Group:
         does. Raises ``TypeError`` if ``fn`` is not callable.
         """
         if not callable(fn):
-            raise TypeError(f"tether: try_go() needs a callable, got {type(fn).__name__}")
+            raise _not_a_function(fn, "Group.try_go")
         lock = self._lock
         lock.acquire()
         lim = self._limit
@@ -389,6 +459,8 @@ class Group:
         ``KeyboardInterrupt`` while it waits cancels ``g.ctx`` (with it as the cause)
         and is re-raised at once, without waiting further.
         """
+        if _on_loop_thread():
+            _warn_blocking("Group.wait()", "a tether.TaskGroup (await g.wait())")
         self._wait_tasks()
         exc = self._conclude()
         if exc is not None:
@@ -403,6 +475,12 @@ class Group:
         """
         if self._token is not None:
             raise RuntimeError("tether: this group is already entered; make one group per block")
+        if _on_loop_thread():  # leaving the block will wait for the tasks
+            _warn_blocking(
+                "`with tether.Group(...)` (leaving the block waits for its tasks)",
+                "`async with tether.TaskGroup(ctx) as g:`, or tether.to_thread for "
+                "blocking functions",
+            )
         self._token = _current.set(self._ctx)
         return self
 
@@ -418,8 +496,10 @@ class Group:
         If the body raised, that exception is recorded first (an ``Exception`` as an
         error — in the default mode it cancels ``g.ctx`` so the tasks stop — anything
         else as fatal), then the block waits and raises what ``wait()`` would; the
-        body's own exception propagates unchanged when it is the one chosen. If the
-        context already ended, it still waits. Raises as ``wait()``.
+        body's own exception propagates unchanged when it is the one chosen; when
+        another is chosen, the body's is chained as its ``__context__`` (a note when it
+        has a context of its own), so the traceback shows both. If the context already
+        ended, it still waits. Raises as ``wait()``.
         """
         try:
             if exc is not None:
@@ -435,7 +515,7 @@ class Group:
                     pass
         raised = self._conclude()
         if raised is not None and raised is not exc:
-            _reraise(raised)
+            _reraise_over(raised, exc)
 
     # -- internals ---------------------------------------------------------------------
 

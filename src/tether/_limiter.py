@@ -15,6 +15,7 @@ context ended, or it was interrupted), once, under ``_lock``; whoever moves it w
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections import deque
 from types import TracebackType
@@ -22,6 +23,8 @@ from typing import TYPE_CHECKING, Any, final
 
 from . import _context
 from ._context import Context, _fresh_error, _owner, current
+
+_getframe = sys._getframe
 
 if TYPE_CHECKING:
     from asyncio import Future
@@ -163,7 +166,8 @@ class Limiter:
         ``ctx.check()``. A slot granted at the moment ``ctx`` ends is kept (returns
         normally). Raises ``Canceled``/``DeadlineExceeded`` as said, ``TypeError`` for
         a ``None``/non-Context ``ctx``, and ``KeyboardInterrupt`` if interrupted (no
-        slot is then held). From an event loop, use ``await aacquire(ctx)``.
+        slot is then held). From an event loop, use ``await aacquire(ctx)``: on a loop's
+        thread, a call that has to wait warns (``tether.BlockingCallWarning``).
         """
         c = _owner(ctx)
         if c._err is not None:
@@ -175,6 +179,12 @@ class Limiter:
                 return
             except IndexError:
                 pass
+        if _context._on_loop_thread():
+            _context._warn_blocking(
+                "Limiter.acquire(ctx) (or `with limiter:`) with no free slot",
+                "await limiter.aacquire(ctx) or `async with limiter:`",
+                3 if _getframe(1).f_code is not _ENTER_CODE else 4,
+            )
         w = _Waiter(self)
         if not self._enqueue(w):
             return
@@ -277,6 +287,8 @@ class Limiter:
         self.acquire(current())
         return self
 
+    # acquire() tells its caller's frame apart: `with limiter:` warns at the with line.
+
     def __exit__(
         self,
         exc_type: type[BaseException] | None,
@@ -345,3 +357,6 @@ class Limiter:
 
     def __repr__(self) -> str:
         return f"<tether.Limiter in_use={self.in_use}/{self._n} waiting={len(self._waiters)}>"
+
+
+_ENTER_CODE = Limiter.__enter__.__code__

@@ -10,9 +10,20 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from ._context import Context, _fresh_error, _owner, _seconds, with_timeout
+from ._context import (
+    Context,
+    _block,
+    _fresh_error,
+    _on_loop_thread,
+    _owner,
+    _seconds,
+    _warn_blocking,
+    with_timeout,
+)
 
 __all__ = ["asleep", "sleep"]
+
+_INF = float("inf")
 
 
 def sleep(ctx: Context, seconds: float | timedelta) -> None:
@@ -26,20 +37,30 @@ def sleep(ctx: Context, seconds: float | timedelta) -> None:
     for a live ``ctx``. Go's ``select { case <-ctx.Done(): case <-time.After(d): }``.
 
     Blocks; each call sleeps anew (nothing to make idempotent); thread-safe. Do not
-    call it on an event loop's thread: ``await tether.asleep(ctx, seconds)``. Expands
+    call it on an event loop's thread: ``await tether.asleep(ctx, seconds)`` (there it
+    warns, ``tether.BlockingCallWarning``, unless it returns at once). Expands
     to ``with tether.with_timeout(ctx, seconds) as c: c.done().wait()``, then
     ``ctx.check()``. Raises ``Canceled``/``DeadlineExceeded`` as said, ``TypeError``
     for a ``None``/non-Context ``ctx`` or a non-number ``seconds``, ``ValueError`` for
-    NaN or infinity, ``KeyboardInterrupt`` if interrupted.
+    NaN or ``-inf``, ``KeyboardInterrupt`` if interrupted. ``math.inf`` means "until
+    ``ctx`` ends" (as ``ctx.done().wait(math.inf)``): it never returns, only raises.
 
     Added in 0.1.
     """
+    if type(seconds) is float and seconds == _INF:  # until ctx ends, as done().wait(inf)
+        c = _owner(ctx)
+        if c._err is None and _on_loop_thread():
+            _warn_blocking("tether.sleep(ctx, seconds)", "await tether.asleep(ctx, seconds)")
+        _block(c, None)
+        raise _fresh_error(c)
     s = _seconds(seconds)
     c = _owner(ctx)
     if c._err is None and s > 0:
+        if _on_loop_thread():
+            _warn_blocking("tether.sleep(ctx, seconds)", "await tether.asleep(ctx, seconds)")
         child, cancel = with_timeout(ctx, s)
         try:
-            child.done().wait()
+            _block(child._c or child, None)
         finally:
             cancel()
     if c._err is not None:
@@ -58,10 +79,15 @@ async def asleep(ctx: Context, seconds: float | timedelta) -> None:
     sleeps anew (nothing to make idempotent). If the task is cancelled,
     ``CancelledError`` propagates. Raises ``Canceled``/``DeadlineExceeded``,
     ``CancelledError``, ``TypeError`` for a ``None``/non-Context ``ctx`` or a
-    non-number ``seconds``, ``ValueError`` for NaN or infinity.
+    non-number ``seconds``, ``ValueError`` for NaN or ``-inf``. ``math.inf`` means
+    "until ``ctx`` ends": it never returns, only raises.
 
     Added in 0.1.
     """
+    if type(seconds) is float and seconds == _INF:  # until ctx ends
+        c = _owner(ctx)
+        await c.done()
+        raise _fresh_error(c)
     s = _seconds(seconds)
     c = _owner(ctx)
     if c._err is None:

@@ -28,8 +28,9 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, TypeVarTuple, final
 
 from . import _context
 from ._context import CancelFunc, Context, _current, _derive, _fresh_error
-from ._group import _check_flag, _check_limit, _limit_zero, _reraise
+from ._group import _check_flag, _check_limit, _limit_zero, _reraise, _reraise_over
 from ._outcome import Outcome
+from ._thread import _call_failed, _not_a_function
 
 if TYPE_CHECKING:
     from asyncio import AbstractEventLoop, Future, Task
@@ -292,10 +293,29 @@ class TaskGroup:
     def limit(self) -> int | None:
         """The most tasks that may run at once, or ``None`` for no limit.
 
-        Fixed at construction. Non-blocking, thread-safe, idempotent, never raises;
-        unaffected by the context having ended.
+        Set at construction, changed by ``set_limit``. Non-blocking, thread-safe,
+        idempotent, never raises; unaffected by the context having ended.
         """
         return self._limit
+
+    def set_limit(self, limit: int | None) -> None:
+        """Change the most tasks that may run at once (``None``: no limit). errgroup's ``SetLimit``.
+
+        As in errgroup, the limit may only change while no task is active (none running
+        and none queued): before the first ``go``, or once the block or ``wait()`` is
+        done. Non-blocking; idempotent; call it on the group's loop, or before the group
+        is used (not thread-safe). Whether ``g.ctx`` ended does not matter. Raises
+        ``RuntimeError`` (``tether:``) while tasks are active, ``TypeError``/``ValueError``
+        for a limit that is not an int >= 0 or ``None``.
+        """
+        lim = _check_limit(limit)
+        if self._running or self._queue:
+            raise RuntimeError(
+                f"tether: set_limit() while {self._running} task(s) of the group are "
+                "active; as in errgroup, change the limit only when none is: call it "
+                "before go(), or after the block (or wait()) is done"
+            )
+        self._limit = lim
 
     def go(self, fn: Callable[[Context, *Ts], Coroutine[Any, Any, T]], *args: *Ts) -> TaskHandle[T]:
         """Start ``fn(g.ctx, *args)`` as a task of the group; return its ``TaskHandle``.
@@ -307,14 +327,22 @@ class TaskGroup:
         ``loop.call_soon_threadsafe``); tasks may start tasks in their own group. If
         ``g.ctx`` already ended, the task still starts (as in errgroup) and is
         interrupted at its first suspension. ``fn`` is called at once, to make the
-        coroutine. Raises ``TypeError`` if ``fn`` does not return a coroutine,
+        coroutine. Raises ``TypeError`` if ``fn`` does not return a coroutine, is a
+        coroutine object itself (``g.go(fetch(ctx))``: it is closed, and the message
+        says to pass ``g.go(fetch, ...)``) or does not take the context first;
         ``ValueError`` if the limit is 0, ``RuntimeError`` off the group's loop.
         """
         loop = self._loop
         if loop is None or _get_running_loop() is not loop:  # type: ignore[misc]
             loop = self._bind()
         ctx = self._ctx
-        coro = fn(ctx, *args) if args else fn(ctx)  # type: ignore[call-arg]
+        try:
+            coro = fn(ctx, *args) if args else fn(ctx)  # type: ignore[call-arg]
+        except TypeError as e:
+            err = _go_failed(e, fn, "TaskGroup.go")
+            if err is e:
+                raise
+            raise err from err.__cause__
         # Inside the block (or a task of the group) g.ctx is already current: create_task
         # copies the caller's contextvars itself. Elsewhere, copy them and set it.
         cv: _CVContext | None = None
@@ -410,8 +438,12 @@ class TaskGroup:
         ctx = self._ctx
         try:
             coro = fn(ctx, *args)
-        except BaseException:
+        except BaseException as e:
             self._release_slot()
+            if type(e) is TypeError:
+                err = _go_failed(e, fn, "TaskGroup.ago")
+                if err is not e:
+                    raise err from err.__cause__
             raise
         cv: _CVContext | None = None
         if _current.get(None) is not ctx:
@@ -483,8 +515,10 @@ class TaskGroup:
         group's loop (not thread-safe). If the group interrupted the body (``g.ctx``
         ended), that ``CancelledError`` is absorbed and the block raises the first error
         or, if none, ``g.ctx``'s error (fresh, chained to the cause). If the body raised,
-        that is recorded as a task's exception would be. If the context already ended,
-        it still waits for the tasks. Raises as ``wait()``.
+        that is recorded as a task's exception would be, and if another error is
+        raised, the body's is chained as its ``__context__`` (a note when it has a
+        context of its own): never lost. If the context already ended, it still waits
+        for the tasks. Raises as ``wait()``.
         """
         self._body_active = False
         task = self._parent_task
@@ -527,7 +561,7 @@ class TaskGroup:
             return
         if raised is exc:
             return  # the body's own exception propagates unchanged
-        _reraise(raised)
+        _reraise_over(raised, None if ours else exc)
 
     # -- internals (loop thread) -------------------------------------------------------
 
@@ -724,6 +758,21 @@ def _new_handle(g: TaskGroup) -> TaskHandle[Any]:
     h._task = None
     h._done = False
     return h
+
+
+def _go_failed(e: TypeError, fn: object, where: str) -> TypeError:
+    """``fn(ctx, *args)`` raised ``e``: explain a misuse, else give ``e`` back unchanged.
+
+    A coroutine object for ``fn`` (``g.go(fetch(ctx))``) is closed (no never-awaited
+    warning); a call that failed at the call itself (arity) says that tether passes
+    ``ctx`` first; an error raised inside ``fn`` is returned as it is.
+    """
+    if not callable(fn):
+        return _not_a_function(fn, where)
+    tb = e.__traceback__
+    if tb is not None and tb.tb_next is None:
+        return _call_failed(e, fn, where)
+    return e
 
 
 def _check_coroutine(coro: object, fn: object) -> None:

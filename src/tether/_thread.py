@@ -44,6 +44,7 @@ import time
 from collections.abc import Callable
 from contextvars import Context as _CVContext
 from contextvars import copy_context
+from types import CoroutineType
 from typing import TYPE_CHECKING, Any, TypeVar, TypeVarTuple
 
 from . import _threads
@@ -275,9 +276,57 @@ class _Call:
             f.set_result(None)
 
 
+def _fn_name(fn: object) -> str:
+    mod = getattr(fn, "__module__", None)
+    name = getattr(fn, "__qualname__", None) or repr(fn)
+    return f"{mod}.{name}" if mod in ("time", "os", "socket", "select") else name
+
+
+def _call_failed(e: TypeError, fn: object, where: str) -> TypeError:
+    """``fn(ctx, *args)`` failed at the call itself: say that tether passes ``ctx`` first."""
+    err = TypeError(
+        f"tether: {where} calls fn(ctx, *args), the context first, and calling "
+        f"{_fn_name(fn)} that way failed ({e}). Pass a function whose first parameter "
+        f"is the context (def work(ctx, ...)); to run one that takes none, wrap it: "
+        f"lambda ctx, *a: {_fn_name(fn)}(*a)"
+    )
+    err.__cause__ = e
+    return err
+
+
+def _not_a_function(fn: object, where: str) -> TypeError:
+    """``fn`` is not callable: say so, and close a coroutine (no never-awaited warning)."""
+    if type(fn) is CoroutineType:
+        fn.close()
+        return TypeError(
+            f"tether: {where} needs a function, not a coroutine object: pass the "
+            "function and its arguments, g.go(fetch, url), not g.go(fetch(ctx, url)); "
+            "async functions run in a tether.TaskGroup"
+        )
+    return TypeError(f"tether: {where} needs a callable, got {type(fn).__name__}")
+
+
+def _returned_coroutine(value: CoroutineType[Any, Any, Any], fn: object, where: str) -> TypeError:
+    value.close()  # never awaited, and never will be: no warning
+    return TypeError(
+        f"tether: {where} runs plain functions on a thread, but {_fn_name(fn)} is an "
+        "async function (it returned a coroutine); run it in a tether.TaskGroup, or "
+        "await it directly"
+    )
+
+
 def _enter_child(child: Context, fn: Callable[..., Any], *args: Any) -> Any:
     _current.set(child)
-    return fn(child, *args)
+    try:
+        value = fn(child, *args)
+    except TypeError as e:
+        tb = e.__traceback__
+        if tb is not None and tb.tb_next is None:  # the call itself failed, not fn's body
+            raise _call_failed(e, fn, "to_thread") from e
+        raise
+    if type(value) is CoroutineType:
+        raise _returned_coroutine(value, fn, "to_thread")
+    return value
 
 
 async def to_thread(
@@ -316,7 +365,7 @@ async def to_thread(
     from ._aio import waker_for
 
     if not callable(fn):
-        raise TypeError(f"tether: to_thread needs a callable, got {type(fn).__name__}")
+        raise _not_a_function(fn, "to_thread")
     loop = get_running_loop()
     child, cancel = _derive(ctx, "to_thread", None, False, None)
     c = child._c or child
