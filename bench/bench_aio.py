@@ -326,8 +326,8 @@ def main(argv: list[str] | None = None) -> int:
                 meds[k].append(statistics.median(late))
                 walls[k].append(wall)
         stats = {}
-        for k in lat:
-            xs = sorted(lat[k])
+        for k, ys in lat.items():
+            xs = sorted(ys)
             stats[k] = {
                 "median": statistics.median(meds[k]),
                 "p99": xs[int(len(xs) * 0.99)],

@@ -13,13 +13,14 @@ times.
 
 from __future__ import annotations
 
+import math
 import threading
-from asyncio import AbstractEventLoop, CancelledError, current_task
+from asyncio import AbstractEventLoop, CancelledError, TimerHandle, current_task
 from asyncio.events import _get_running_loop
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
-from . import _context
+from . import _clock, _context
 
 if TYPE_CHECKING:
     from ._context import CancelFunc, Context
@@ -28,10 +29,15 @@ __all__ = ["enter_scope", "exit_scope", "wait_done", "waker_for"]
 
 
 class _Waker:
-    __slots__ = ("_lock", "_pending", "loop")
+    __slots__ = ("_lock", "_pending", "loop", "scopes", "timer", "timer_at")
 
     def __init__(self, loop: AbstractEventLoop) -> None:
         self.loop = loop
+        # The loop's own deadline timer (see the module docstring); touched only on the
+        # loop's thread. `scopes`: deadline scopes open on this loop.
+        self.timer: TimerHandle | None = None
+        self.timer_at = math.inf
+        self.scopes = 0
         # An RLock: a signal handler or finalizer that runs on this thread while it holds
         # the lock (at a call inside the `with`) re-enters instead of deadlocking. It is
         # safe because each section reads and writes _pending with no call in between.
@@ -69,6 +75,29 @@ class _Waker:
             return False
         return True
 
+    def arm(self, deadline: float) -> None:
+        """Have the loop expire deadlines at ``deadline`` (on the clock's scale).
+
+        On the loop's thread. The delay is converted to the loop's own clock, whatever
+        its scale (``loop.time()`` need not be ``time.monotonic``).
+        """
+        h = self.timer
+        if h is not None:
+            h.cancel()
+        self.timer_at = deadline
+        self.timer = self.loop.call_later(deadline - _clock.now(), self._fire)
+
+    def _fire(self) -> None:
+        """The loop's timer: end every context whose deadline passed, then re-arm."""
+        self.timer = None
+        self.timer_at = math.inf
+        q = _clock.timers
+        if q is not _context._REAL_TIMERS:  # a FakeClock drives deadlines now
+            return
+        nxt = _context._expire_due(q, _clock.now())
+        if nxt is not None and self.scopes > 0:
+            self.arm(nxt)
+
     def _drain(self) -> None:
         with self._lock:
             batch = self._pending
@@ -85,6 +114,14 @@ class _Waker:
 
 
 _tls = threading.local()
+
+# The cancel requests tether itself has made on a task and not yet taken back, because a
+# context ended: by `async with` scopes (`scope_cancels`, each taken back when its block
+# is left) and by TaskGroups interrupting their tasks (`group_cancels`, dropped when the
+# task is done). What is left of `task.cancelling()` beyond them came from elsewhere.
+# Loop threads only; an entry is removed when its count drops to zero.
+scope_cancels: dict[Any, int] = {}
+group_cancels: dict[Any, int] = {}
 
 
 def waker_for(loop: AbstractEventLoop) -> _Waker:
@@ -144,12 +181,22 @@ def enter_scope(cf: CancelFunc) -> Context:
         )
     cf._task = task
     cf._cancelling = task.cancelling()
-    cf._waker = waker_for(task.get_loop())
+    cf._waker = w = waker_for(task.get_loop())
     ctx = cf._enter(_context._ASYNC)
     c = ctx._c or ctx
     if c is not _context._BACKGROUND and not _context._add_waiter(c, cf):
         # born ended: interrupt at the body's first suspension, as asyncio.timeout(0)
-        cf._waker.post(cf._interrupt)
+        w.post(cf._interrupt)
+        return ctx
+    d = c._deadline
+    if d is not None and _clock.timers is _context._REAL_TIMERS:
+        # The loop's own timer delivers the deadline too (the timer thread may be slow
+        # to get the GIL from this very loop): one armed handle per loop, at the
+        # earliest deadline of its open scopes.
+        cf._state |= _context._TIMED
+        w.scopes += 1
+        if d < w.timer_at:
+            w.arm(d)
     return ctx
 
 
@@ -159,16 +206,33 @@ def exit_scope(
     task = cf._task
     assert task is not None
     cf._task = None  # no task -> frame -> cancel function -> task cycle
+    if cf._state & _context._TIMED:
+        cf._waker.scopes -= 1
     if not cf._state & _context._INTERRUPTED:
         cf._exit(cf)  # unregister the interrupter and cancel, under one lock hold
         return
     cf._exit()
-    if (
-        task.uncancel() <= cf._cancelling
-        and exc_type is not None
-        and issubclass(exc_type, CancelledError)
-    ):
-        # No local may hold the new error: its traceback holds this frame, and a cycle
-        # would keep frames, tracebacks and the task's handles alive until a GC pass.
-        c = cf._ctx._c or cf._ctx
-        raise _context._fresh_error(c) from (exc if c._cause is None else c._cause)
+    n = task.uncancel()
+    k = scope_cancels.get(task, 1) - 1
+    if k:
+        scope_cancels[task] = k
+    else:
+        scope_cancels.pop(task, None)
+    if exc_type is None or not issubclass(exc_type, CancelledError):
+        return
+    if n > cf._cancelling:
+        # Other cancel requests are pending. Those tether made because a context ended
+        # (an enclosing scope's, a TaskGroup's on its task) are answered by this
+        # context's error too: the code inside sees DeadlineExceeded, whoever delivered
+        # the interruption. A request from elsewhere passes through, as asyncio.timeout.
+        g = group_cancels.get(task, 0)
+        if n - cf._cancelling - k - g > 0:
+            return
+        if g:
+            del group_cancels[task]
+            for _ in range(g):
+                task.uncancel()
+    # No local may hold the new error: its traceback holds this frame, and a cycle
+    # would keep frames, tracebacks and the task's handles alive until a GC pass.
+    c = cf._ctx._c or cf._ctx
+    raise _context._fresh_error(c) from (exc if c._cause is None else c._cause)
