@@ -25,6 +25,11 @@ from . import _clock, _context
 if TYPE_CHECKING:
     from ._context import CancelFunc, Context
 
+_LOCK = _context._LOCK
+_rc = _context._rc
+_REAL_TIMERS = _context._REAL_TIMERS
+_TIMED = _context._TIMED
+
 __all__ = ["enter_scope", "exit_scope", "wait_done", "waker_for"]
 
 
@@ -92,7 +97,7 @@ class _Waker:
         self.timer = None
         self.timer_at = math.inf
         q = _clock.timers
-        if q is not _context._REAL_TIMERS:  # a FakeClock drives deadlines now
+        if q is not _REAL_TIMERS:  # a FakeClock drives deadlines now
             return
         nxt = _context._expire_due(q, _clock.now())
         if nxt is not None and self.scopes > 0:
@@ -173,27 +178,61 @@ def wait_done(c: Context) -> Generator[Any, None, None]:
 
 
 def enter_scope(cf: CancelFunc) -> Context:
-    task = current_task() if _get_running_loop() is not None else None
+    """The body of ``Scope.__aenter__``: enter, and register ``cf`` to interrupt the task.
+
+    The hot path of ``async with``: the waiter registration inlines ``_add_waiter``'s
+    critical section (the shape of ``_context._cancel``'s: re-entry detected by ``_rc()``
+    and deferred, the lock released by the handler of an asynchronous exception).
+    """
+    loop = _get_running_loop()
+    task = None if loop is None else current_task(loop)
     if task is None:
         raise RuntimeError(
             "tether: `async with` a context must run inside an asyncio task; "
             "use a plain `with` elsewhere"
         )
+    ctx = cf._enter(_context._ASYNC)  # raises if the scope was already entered
     cf._task = task
     cf._cancelling = task.cancelling()
-    cf._waker = w = waker_for(task.get_loop())
-    ctx = cf._enter(_context._ASYNC)
-    c = ctx._c or ctx
-    if c is not _context._BACKGROUND and not _context._add_waiter(c, cf):
+    w: _Waker | None = getattr(_tls, "waker", None)
+    if w is None or w.loop is not loop:
+        w = _tls.waker = _Waker(loop)  # type: ignore[arg-type]
+    cf._waker = w
+    c = ctx  # a scope's context is always an owner
+    n = _rc()
+    if n:  # re-entered by a finalizer or a signal handler: registration deferred
+        live = _context._add_waiter(c, cf)
+    else:
+        mine = False
+        try:
+            _LOCK.acquire()
+            mine = True
+            live = c._err is None
+            if live:
+                if c._waiters is None:
+                    c._waiters = cf
+                else:
+                    _context._put_waiter(c, cf)
+            mine = False
+            _LOCK.release()
+        except BaseException:  # an asynchronous exception: undo, release, re-raise
+            if mine:
+                _context._drop_waiter(c, cf)
+            while _rc() > n:
+                _LOCK.release()
+            raise
+        if _context._deferred:
+            _context._run_deferred()
+    if not live:
         # born ended: interrupt at the body's first suspension, as asyncio.timeout(0)
         w.post(cf._interrupt)
         return ctx
     d = c._deadline
-    if d is not None and _clock.timers is _context._REAL_TIMERS:
+    if d is not None and _clock.timers is _REAL_TIMERS:
         # The loop's own timer delivers the deadline too (the timer thread may be slow
         # to get the GIL from this very loop): one armed handle per loop, at the
         # earliest deadline of its open scopes.
-        cf._state |= _context._TIMED
+        cf._state |= _TIMED
         w.scopes += 1
         if d < w.timer_at:
             w.arm(d)
@@ -206,7 +245,7 @@ def exit_scope(
     task = cf._task
     assert task is not None
     cf._task = None  # no task -> frame -> cancel function -> task cycle
-    if cf._state & _context._TIMED:
+    if cf._state & _TIMED:
         cf._waker.scopes -= 1
     if not cf._state & _context._INTERRUPTED:
         cf._exit(cf)  # unregister the interrupter and cancel, under one lock hold
