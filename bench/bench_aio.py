@@ -325,6 +325,10 @@ def main(argv: list[str] | None = None) -> int:
                 lat[k].extend(late)
                 meds[k].append(statistics.median(late))
                 walls[k].append(wall)
+        print(
+            "    per-round median lateness (ms): "
+            + "; ".join(f"{k} " + ", ".join(f"{m * 1e3:.0f}" for m in ms) for k, ms in meds.items())
+        )
         stats = {}
         for k, ys in lat.items():
             xs = sorted(ys)
