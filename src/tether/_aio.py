@@ -241,7 +241,12 @@ def enter_scope(cf: CancelFunc) -> Context:
 
 def exit_scope(
     cf: CancelFunc, exc_type: type[BaseException] | None, exc: BaseException | None
-) -> None:
+) -> bool:
+    """The body of ``Scope.__aexit__``: leave; True if it must raise the context's error.
+
+    ``__aexit__`` raises it itself: one frame fewer in the traceback is one frame object
+    and one traceback entry fewer per interruption (tracked by the collector).
+    """
     task = cf._task
     assert task is not None
     cf._task = None  # no task -> frame -> cancel function -> task cycle
@@ -249,7 +254,7 @@ def exit_scope(
         cf._waker.scopes -= 1
     if not cf._state & _context._INTERRUPTED:
         cf._exit(cf)  # unregister the interrupter and cancel, under one lock hold
-        return
+        return False
     cf._exit()
     n = task.uncancel()
     k = scope_cancels.get(task, 1) - 1
@@ -258,7 +263,7 @@ def exit_scope(
     else:
         scope_cancels.pop(task, None)
     if exc_type is None or not issubclass(exc_type, CancelledError):
-        return
+        return False
     if n > cf._cancelling:
         # Other cancel requests are pending. Those tether made because a context ended
         # (an enclosing scope's, a TaskGroup's on its task) are answered by this
@@ -266,12 +271,9 @@ def exit_scope(
         # the interruption. A request from elsewhere passes through, as asyncio.timeout.
         g = group_cancels.get(task, 0)
         if n - cf._cancelling - k - g > 0:
-            return
+            return False
         if g:
             del group_cancels[task]
             for _ in range(g):
                 task.uncancel()
-    # No local may hold the new error: its traceback holds this frame, and a cycle
-    # would keep frames, tracebacks and the task's handles alive until a GC pass.
-    c = cf._ctx._c or cf._ctx
-    raise _context._fresh_error(c) from (exc if c._cause is None else c._cause)
+    return True

@@ -722,6 +722,12 @@ def _notify(out: list[Waiter]) -> None:
     and the rest are still woken; a ``BaseException`` (``KeyboardInterrupt``) is re-raised
     once every waiter has been woken.
     """
+    if len(out) == 1 and type(out[0]) is CancelFunc:  # one scope: its task's loop
+        try:
+            out[0]._waker.post_many(out)  # ``out`` is this call's own list: handed over
+        except Exception:
+            _log_exception("tether: waking an event loop raised")
+        return
     loops: dict[_Waker, list[Any]] | None = None
     fatal: BaseException | None = None
     for w in out:
@@ -1320,7 +1326,12 @@ class Scope(tuple[Context, CancelFunc]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        (_aio or _load_aio()).exit_scope(self[1], exc_type, exc)
+        cf = self[1]
+        if (_aio or _load_aio()).exit_scope(cf, exc_type, exc):
+            # No local may hold the new error: its traceback holds this frame, and a cycle
+            # would keep frames, tracebacks and the task's handles alive until a GC pass.
+            c = cf._ctx
+            raise _fresh_error(c) from (exc if c._cause is None else c._cause)
 
     def __repr__(self) -> str:
         return f"<tether.Scope of {self[0]!r}>"
