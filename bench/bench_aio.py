@@ -1,6 +1,7 @@
 """tether's asyncio scopes against ``asyncio.timeout``, row by row (issue 7), in one run.
 
     python bench/bench_aio.py [--quick] [--repeats N] [--json out.json] [--only a,a0,...]
+    python bench/bench_aio.py --instr [--base-src OTHER/src]   (callgrind, rows a, a0, b)
 
 Rows (each measured for tether and ``asyncio.timeout``, interleaved in this process so
 both see the same machine; the ratio printed is tether / asyncio, from the medians):
@@ -259,13 +260,59 @@ def _interleaved(fns: dict[str, Callable[[], float]], repeats: int) -> dict[str,
     return out
 
 
+def _instructions(row: str, kind: str, n: int, src: str) -> float:
+    """Instructions of one operation (callgrind: runs of n and 2n, difference / n)."""
+    counts = []
+    for k in (n, 2 * n):
+        out = subprocess.run(
+            [
+                "valgrind",
+                "--tool=callgrind",
+                "--callgrind-out-file=/dev/null",
+                sys.executable,
+                str(HERE / "_aio_instr.py"),
+                row,
+                kind,
+                str(k),
+                src,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=900,
+        )
+        line = next(x for x in out.stderr.splitlines() if "Collected" in x)
+        counts.append(int(line.split()[-1]))
+    return (counts[1] - counts[0]) / n
+
+
+def instr_main(base_src: str | None, n: int) -> int:
+    """Rows a, a0, b in instructions: tether (this tree, and ``base_src``) and asyncio."""
+    here = str(HERE.parent / "src")
+    print(f"{'row':4} {'tether':>10} {'tether base':>12} {'asyncio':>10} {'ratio':>7}")
+    for row in ("a", "a0", "b"):
+        t = _instructions(row, "tether", n, here)
+        b = _instructions(row, "tether", n, base_src) if base_src else float("nan")
+        a = _instructions(row, "asyncio", n, here)
+        print(f"{row:4} {t:10,.0f} {b:12,.0f} {a:10,.0f} {t / a:6.2f}x", flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--repeats", type=int, default=0)
     ap.add_argument("--json")
     ap.add_argument("--only", default="a,a0,b,e,f,g")
+    ap.add_argument(
+        "--instr",
+        action="store_true",
+        help="rows a, a0, b in instructions per operation (callgrind), then exit",
+    )
+    ap.add_argument("--base-src", help="with --instr: another tree's src/ to count too")
     args = ap.parse_args(argv)
+    if args.instr:
+        return instr_main(args.base_src, 1_000 if args.quick else 5_000)
     rows = set(args.only.split(","))
     q = args.quick
     repeats = args.repeats or (2 if q else 7)
