@@ -15,7 +15,9 @@ both see the same machine; the ratio printed is tether / asyncio, from the media
 - f:  100,000 tasks each in a scope with its own deadline: memory per task
       (``tracemalloc`` in a fresh process per side, so nothing is shared or reused);
 - g:  10,000 tasks, each ``await asyncio.sleep(10)`` under a 50 ms scope: the lateness of
-      each interruption after its deadline (median, p99, max) and the wall time.
+      each interruption after its deadline (median, p99, max) and the wall time;
+- h:  (extra) one 20 ms scope at a time while another thread spins in Python: the
+      lateness of each interruption (the deadline must get the GIL from that thread).
 
 ``--quick`` shrinks every row (it is what the smoke test runs).
 """
@@ -29,6 +31,7 @@ import json
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -176,6 +179,53 @@ def _lateness(kind: str, n: int) -> tuple[list[float], float]:
     return late, wall
 
 
+# -- h: one deadline at a time while a thread keeps the GIL busy ----------------------
+
+
+def _busy_lateness(kind: str, n: int) -> list[float]:
+    """Lateness of n sequential 20 ms scopes while another thread spins in Python.
+
+    The deadline must get the GIL from the spinning thread: through the timer thread and
+    then the loop (two hand-offs), or through the loop's own timer (one).
+    """
+    late: list[float] = []
+    stop = threading.Event()
+
+    def spin() -> None:
+        x = 0
+        while not stop.is_set():
+            for _ in range(1000):
+                x += 1
+
+    async def once() -> None:
+        if kind == "tether":
+            try:
+                async with tether.with_timeout(BG, 0.02) as ctx:
+                    await asyncio.sleep(10)
+            except tether.DeadlineExceeded:
+                late.append(time.monotonic() - ctx.deadline())  # type: ignore[operator]
+        else:
+            try:
+                async with asyncio.timeout(0.02) as to:
+                    await asyncio.sleep(10)
+            except TimeoutError:
+                late.append(time.monotonic() - to.when())  # type: ignore[operator]
+
+    async def main() -> None:
+        for _ in range(n):
+            await once()
+            await asyncio.sleep(0.003)
+
+    t = threading.Thread(target=spin)
+    t.start()
+    try:
+        asyncio.run(main())
+    finally:
+        stop.set()
+        t.join()
+    return late
+
+
 # -- f: memory per task, in a fresh process --------------------------------------------
 
 _MEM = r"""
@@ -303,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--repeats", type=int, default=0)
     ap.add_argument("--json")
-    ap.add_argument("--only", default="a,a0,b,e,f,g")
+    ap.add_argument("--only", default="a,a0,b,e,f,g,h")
     ap.add_argument(
         "--instr",
         action="store_true",
@@ -401,6 +451,18 @@ def main(argv: list[str] | None = None) -> int:
             f"{n_g:,} tasks x 50 ms scope around sleep(10): wall time",
             statistics.median(walls["tether"]),
             statistics.median(walls["asyncio"]),
+        )
+    if "h" in rows:
+        hl: dict[str, list[float]] = {"tether": [], "asyncio": []}
+        for _ in range(1 if q else 3):
+            for k, xs in hl.items():
+                xs.extend(_busy_lateness(k, 10 if q else 40))
+        report(
+            "h",
+            "one 20 ms scope at a time, a thread spinning: median lateness",
+            statistics.median(hl["tether"]),
+            statistics.median(hl["asyncio"]),
+            p90={k: sorted(v)[int(len(v) * 0.9)] for k, v in hl.items()},
         )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))

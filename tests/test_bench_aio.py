@@ -25,7 +25,7 @@ def test_bench_aio_quick_reports_every_row(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = json.loads(out.read_text())
-    assert set(rows) == {"a", "a0", "b", "e", "f", "g", "g-wall"}
+    assert set(rows) == {"a", "a0", "b", "e", "f", "g", "g-wall", "h"}
     for row in rows.values():
         assert row["tether"] > 0
         assert row["asyncio"] > 0
