@@ -9,6 +9,16 @@ batch schedules the drain with ``call_soon_threadsafe`` (or ``call_soon`` when t
 canceller runs on that loop's own thread). When a timer ends ten thousand contexts
 waited on by ten thousand tasks of one loop, the loop is woken once, not ten thousand
 times.
+
+The waker is also its loop's own deadline timer. A scope entered with ``async with``
+whose context has a deadline on the real clock is counted in ``scopes``, and the waker
+keeps one ``TimerHandle`` at the earliest deadline of its open scopes. When it fires it
+ends, on the loop's thread and in one critical section, every context of the shared
+timer heap whose deadline passed (what the timer thread would have done), then re-arms
+at the heap's next deadline while scopes are open. The heap entry stays: the timer thread
+still ends the context for threads and other loops if this loop is blocked; whichever
+pops a deadline first ends it. A FakeClock drives deadlines itself: nothing is armed.
+See docs/design.md section 12.
 """
 
 from __future__ import annotations
@@ -101,7 +111,8 @@ class _Waker:
             return
         nxt = _context._expire_due(q, _clock.now())
         if nxt is not None and self.scopes > 0:
-            self.arm(nxt)
+            # math.inf: the expiry was deferred (re-entered); look again next iteration
+            self.arm(nxt if nxt != math.inf else _clock.now())
 
     def _drain(self) -> None:
         with self._lock:
