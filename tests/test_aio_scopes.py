@@ -263,3 +263,51 @@ def test_a_foreign_cancel_still_passes_through_a_group_deadline():
     assert seen == [asyncio.CancelledError]
     assert not _aio.group_cancels
     assert not _aio.scope_cancels
+
+
+def test_group_delivery_alone_still_surfaces_the_deadline(monkeypatch):
+    # The scope's own interruption has not run when the group's reaches the task (it was
+    # posted later): the code inside still sees DeadlineExceeded.
+    monkeypatch.setattr(tether.CancelFunc, "_interrupt", lambda self: None)
+    seen = []
+
+    async def slow(ctx):
+        try:
+            async with tether.with_timeout(ctx, 10):
+                await asyncio.sleep(3600)
+        except BaseException as e:
+            seen.append((type(e), asyncio.current_task().cancelling()))
+            raise
+
+    async def main():
+        with tether.with_timeout(bg(), 0.05) as ctx:
+            with pytest.raises(tether.DeadlineExceeded):
+                async with tether.TaskGroup(ctx) as g:
+                    g.go(slow)
+
+    asyncio.run(main())
+    assert seen == [(tether.DeadlineExceeded, 0)]
+    assert not _aio.group_cancels
+
+
+def test_an_ended_scope_never_converts_a_foreign_cancel_alone():
+    # The context ended, but the only cancel request came from outside tether.
+    seen = []
+
+    async def main():
+        async def body():
+            s = tether.with_cancel(bg())
+            try:
+                async with s:
+                    s.cancel()  # ends the context; its interruption is posted...
+                    asyncio.current_task().cancel()  # ...a foreign cancel lands first
+                    await asyncio.sleep(3600)
+            except BaseException as e:
+                seen.append(type(e))
+                raise
+
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.create_task(body())
+
+    asyncio.run(main())
+    assert seen == [asyncio.CancelledError]

@@ -264,8 +264,18 @@ def exit_scope(
     if cf._state & _TIMED:
         cf._waker.scopes -= 1
     if not cf._state & _context._INTERRUPTED:
+        ended = cf._ctx._err is not None
         cf._exit(cf)  # unregister the interrupter and cancel, under one lock hold
-        return False
+        if not ended or exc_type is None or not issubclass(exc_type, CancelledError):
+            return False
+        # The context ended but its own interruption has not run yet (it was posted
+        # after the one that reached the task): the same rule as below, if tether
+        # delivered what did reach it.
+        n = task.cancelling()
+        k = scope_cancels.get(task, 0)
+        if n <= cf._cancelling or not (k or task in group_cancels):
+            return False
+        return _answered(task, n - cf._cancelling - k)
     cf._exit()
     n = task.uncancel()
     k = scope_cancels.get(task, 1) - 1
@@ -280,11 +290,19 @@ def exit_scope(
         # (an enclosing scope's, a TaskGroup's on its task) are answered by this
         # context's error too: the code inside sees DeadlineExceeded, whoever delivered
         # the interruption. A request from elsewhere passes through, as asyncio.timeout.
-        g = group_cancels.get(task, 0)
-        if n - cf._cancelling - k - g > 0:
-            return False
-        if g:
-            del group_cancels[task]
-            for _ in range(g):
-                task.uncancel()
+        return _answered(task, n - cf._cancelling - k)
+    return True
+
+
+def _answered(task: Any, others: int) -> bool:
+    """``others`` pending cancel requests beyond the scope's own: True if every one was a
+    TaskGroup's (taken back now: the context's error answers them), False if any came
+    from outside tether."""
+    g = group_cancels.get(task, 0)
+    if others - g > 0:
+        return False
+    if g:
+        del group_cancels[task]
+        for _ in range(g):
+            task.uncancel()
     return True
