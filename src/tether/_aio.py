@@ -9,29 +9,50 @@ batch schedules the drain with ``call_soon_threadsafe`` (or ``call_soon`` when t
 canceller runs on that loop's own thread). When a timer ends ten thousand contexts
 waited on by ten thousand tasks of one loop, the loop is woken once, not ten thousand
 times.
+
+The waker is also its loop's own deadline timer. A scope entered with ``async with``
+whose context has a deadline on the real clock is counted in ``scopes``, and the waker
+keeps one ``TimerHandle`` at the earliest deadline of its open scopes. When it fires it
+ends, on the loop's thread and in one critical section, every context of the shared
+timer heap whose deadline passed (what the timer thread would have done), then re-arms
+at the heap's next deadline while scopes are open. The heap entry stays: the timer thread
+still ends the context for threads and other loops if this loop is blocked; whichever
+pops a deadline first ends it. A FakeClock drives deadlines itself: nothing is armed.
+See docs/design.md section 12.
 """
 
 from __future__ import annotations
 
+import math
 import threading
-from asyncio import AbstractEventLoop, CancelledError, current_task
+from asyncio import AbstractEventLoop, CancelledError, TimerHandle, current_task
 from asyncio.events import _get_running_loop
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
-from . import _context
+from . import _clock, _context
 
 if TYPE_CHECKING:
     from ._context import CancelFunc, Context
+
+_LOCK = _context._LOCK
+_rc = _context._rc
+_REAL_TIMERS = _context._REAL_TIMERS
+_TIMED = _context._TIMED
 
 __all__ = ["enter_scope", "exit_scope", "wait_done", "waker_for"]
 
 
 class _Waker:
-    __slots__ = ("_lock", "_pending", "loop")
+    __slots__ = ("_lock", "_pending", "loop", "scopes", "timer", "timer_at")
 
     def __init__(self, loop: AbstractEventLoop) -> None:
         self.loop = loop
+        # The loop's own deadline timer (see the module docstring); touched only on the
+        # loop's thread. `scopes`: deadline scopes open on this loop.
+        self.timer: TimerHandle | None = None
+        self.timer_at = math.inf
+        self.scopes = 0
         # An RLock: a signal handler or finalizer that runs on this thread while it holds
         # the lock (at a call inside the `with`) re-enters instead of deadlocking. It is
         # safe because each section reads and writes _pending with no call in between.
@@ -69,6 +90,30 @@ class _Waker:
             return False
         return True
 
+    def arm(self, deadline: float) -> None:
+        """Have the loop expire deadlines at ``deadline`` (on the clock's scale).
+
+        On the loop's thread. The delay is converted to the loop's own clock, whatever
+        its scale (``loop.time()`` need not be ``time.monotonic``).
+        """
+        h = self.timer
+        if h is not None:
+            h.cancel()
+        self.timer_at = deadline
+        self.timer = self.loop.call_later(deadline - _clock.now(), self._fire)
+
+    def _fire(self) -> None:
+        """The loop's timer: end every context whose deadline passed, then re-arm."""
+        self.timer = None
+        self.timer_at = math.inf
+        q = _clock.timers
+        if q is not _REAL_TIMERS:  # a FakeClock drives deadlines now
+            return
+        nxt = _context._expire_due(q, _clock.now())
+        if nxt is not None and self.scopes > 0:
+            # math.inf: the expiry was deferred (re-entered); look again next iteration
+            self.arm(nxt if nxt != math.inf else _clock.now())
+
     def _drain(self) -> None:
         with self._lock:
             batch = self._pending
@@ -85,6 +130,14 @@ class _Waker:
 
 
 _tls = threading.local()
+
+# The cancel requests tether itself has made on a task and not yet taken back, because a
+# context ended: by `async with` scopes (`scope_cancels`, each taken back when its block
+# is left) and by TaskGroups interrupting their tasks (`group_cancels`, dropped when the
+# task is done). What is left of `task.cancelling()` beyond them came from elsewhere.
+# Loop threads only; an entry is removed when its count drops to zero.
+scope_cancels: dict[Any, int] = {}
+group_cancels: dict[Any, int] = {}
 
 
 def waker_for(loop: AbstractEventLoop) -> _Waker:
@@ -136,39 +189,120 @@ def wait_done(c: Context) -> Generator[Any, None, None]:
 
 
 def enter_scope(cf: CancelFunc) -> Context:
-    task = current_task() if _get_running_loop() is not None else None
+    """The body of ``Scope.__aenter__``: enter, and register ``cf`` to interrupt the task.
+
+    The hot path of ``async with``: the waiter registration inlines ``_add_waiter``'s
+    critical section (the shape of ``_context._cancel``'s: re-entry detected by ``_rc()``
+    and deferred, the lock released by the handler of an asynchronous exception).
+    """
+    loop = _get_running_loop()
+    task = None if loop is None else current_task(loop)
     if task is None:
         raise RuntimeError(
             "tether: `async with` a context must run inside an asyncio task; "
             "use a plain `with` elsewhere"
         )
+    ctx = cf._enter(_context._ASYNC)  # raises if the scope was already entered
     cf._task = task
     cf._cancelling = task.cancelling()
-    cf._waker = waker_for(task.get_loop())
-    ctx = cf._enter(_context._ASYNC)
-    c = ctx._c or ctx
-    if c is not _context._BACKGROUND and not _context._add_waiter(c, cf):
+    w: _Waker | None = getattr(_tls, "waker", None)
+    if w is None or w.loop is not loop:
+        w = _tls.waker = _Waker(loop)  # type: ignore[arg-type]
+    cf._waker = w
+    c = ctx  # a scope's context is always an owner
+    n = _rc()
+    if n:  # re-entered by a finalizer or a signal handler: registration deferred
+        live = _context._add_waiter(c, cf)
+    else:
+        mine = False
+        try:
+            _LOCK.acquire()
+            mine = True
+            live = c._err is None
+            if live:
+                if c._waiters is None:
+                    c._waiters = cf
+                else:
+                    _context._put_waiter(c, cf)
+            mine = False
+            _LOCK.release()
+        except BaseException:  # an asynchronous exception: undo, release, re-raise
+            if mine:
+                _context._drop_waiter(c, cf)
+            while _rc() > n:
+                _LOCK.release()
+            raise
+        if _context._deferred:
+            _context._run_deferred()
+    if not live:
         # born ended: interrupt at the body's first suspension, as asyncio.timeout(0)
-        cf._waker.post(cf._interrupt)
+        w.post(cf._interrupt)
+        return ctx
+    d = c._deadline
+    if d is not None and _clock.timers is _REAL_TIMERS:
+        # The loop's own timer delivers the deadline too (the timer thread may be slow
+        # to get the GIL from this very loop): one armed handle per loop, at the
+        # earliest deadline of its open scopes.
+        cf._state |= _TIMED
+        w.scopes += 1
+        if d < w.timer_at:
+            w.arm(d)
     return ctx
 
 
 def exit_scope(
     cf: CancelFunc, exc_type: type[BaseException] | None, exc: BaseException | None
-) -> None:
+) -> bool:
+    """The body of ``Scope.__aexit__``: leave; True if it must raise the context's error.
+
+    ``__aexit__`` raises it itself: one frame fewer in the traceback is one frame object
+    and one traceback entry fewer per interruption (tracked by the collector).
+    """
     task = cf._task
     assert task is not None
     cf._task = None  # no task -> frame -> cancel function -> task cycle
+    if cf._state & _TIMED:
+        cf._waker.scopes -= 1
     if not cf._state & _context._INTERRUPTED:
+        ended = cf._ctx._err is not None
         cf._exit(cf)  # unregister the interrupter and cancel, under one lock hold
-        return
+        if not ended or exc_type is None or not issubclass(exc_type, CancelledError):
+            return False
+        # The context ended but its own interruption has not run yet (it was posted
+        # after the one that reached the task): the same rule as below, if tether
+        # delivered what did reach it.
+        n = task.cancelling()
+        k = scope_cancels.get(task, 0)
+        if n <= cf._cancelling or not (k or task in group_cancels):
+            return False
+        return _answered(task, n - cf._cancelling - k)
     cf._exit()
-    if (
-        task.uncancel() <= cf._cancelling
-        and exc_type is not None
-        and issubclass(exc_type, CancelledError)
-    ):
-        # No local may hold the new error: its traceback holds this frame, and a cycle
-        # would keep frames, tracebacks and the task's handles alive until a GC pass.
-        c = cf._ctx._c or cf._ctx
-        raise _context._fresh_error(c) from (exc if c._cause is None else c._cause)
+    n = task.uncancel()
+    k = scope_cancels.get(task, 1) - 1
+    if k:
+        scope_cancels[task] = k
+    else:
+        scope_cancels.pop(task, None)
+    if exc_type is None or not issubclass(exc_type, CancelledError):
+        return False
+    if n > cf._cancelling:
+        # Other cancel requests are pending. Those tether made because a context ended
+        # (an enclosing scope's, a TaskGroup's on its task) are answered by this
+        # context's error too: the code inside sees DeadlineExceeded, whoever delivered
+        # the interruption. A request from elsewhere passes through, as asyncio.timeout.
+        return _answered(task, n - cf._cancelling - k)
+    return True
+
+
+def _answered(task: Any, others: int) -> bool:
+    """``others`` pending cancel requests beyond the scope's own: True if every one was a
+    TaskGroup's (taken back now: the context's error answers them), False if any came
+    from outside tether."""
+    g = group_cancels.get(task, 0)
+    if others - g > 0:
+        return False
+    if g:
+        del group_cancels[task]
+        for _ in range(g):
+            task.uncancel()
+    return True

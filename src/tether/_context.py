@@ -67,6 +67,7 @@ from collections.abc import Callable, Generator, Hashable
 from contextvars import ContextVar
 from datetime import UTC, datetime, timedelta
 from functools import partial
+from heapq import heappop as _heappop
 from heapq import heappush as _heappush
 from types import CodeType, TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, final, overload
@@ -766,6 +767,12 @@ def _notify(out: list[Waiter]) -> None:
     and the rest are still woken; a ``BaseException`` (``KeyboardInterrupt``) is re-raised
     once every waiter has been woken.
     """
+    if len(out) == 1 and type(out[0]) is CancelFunc:  # one scope: its task's loop
+        try:
+            out[0]._waker.post_many(out)  # ``out`` is this call's own list: handed over
+        except Exception:
+            _log_exception("tether: waking an event loop raised")
+        return
     loops: dict[_Waker, list[Any]] | None = None
     fatal: BaseException | None = None
     for w in out:
@@ -899,6 +906,39 @@ def _expire(due: list[Context]) -> None:
         _notify(out)
     if interrupted is not None:
         raise interrupted
+
+
+def _due_locked(q: _clock.TimerQueue, t: float, err: ContextError) -> Any:
+    due = q.pop_due(t)
+    heap = q.heap
+    armed = q.armed
+    while heap and heap[0] not in armed:
+        _heappop(heap)
+    nxt = heap[0] if heap else None
+    if not due:
+        return None, None, None, nxt
+    return (*_expire_locked(due, err), nxt)
+
+
+def _expire_due(q: _clock.TimerQueue, t: float) -> float | None:
+    """End the contexts of ``q`` whose deadline is ``<= t``, on this thread.
+
+    What an event loop's own timer runs (``_aio``), so that a deadline reaches its task
+    without the timer thread. Returns the earliest deadline still armed in ``q``, or
+    ``None``; ``math.inf`` if this call was re-entered and deferred its work.
+    """
+    r = _locked(_due_locked, q, t, DeadlineExceeded())
+    if r is _REENTERED:
+        _defer(partial(_expire_due, q, t))
+        return math.inf
+    out, ended, interrupted, nxt = r
+    if ended is not None:
+        _report(ended)
+    if out is not None:
+        _notify(out)
+    if interrupted is not None:
+        raise interrupted
+    return nxt  # type: ignore[no-any-return]
 
 
 def _unlink(c: Context) -> None:
@@ -1118,6 +1158,7 @@ _ENTERED = 1  # entered with `with` or `async with`
 _ASYNC = 2  # ... with `async with`: it interrupts its task when the context ends
 _INTERRUPTED = 4  # ... and it did
 _EXITED = 8
+_TIMED = 16  # ... counted among its loop's deadline scopes (see _aio)
 
 
 @final
@@ -1257,10 +1298,12 @@ class CancelFunc:
 
     def _interrupt(self) -> None:
         """On the task's loop: cancel the task if its `async with` block is still active."""
-        if self._state == _ENTERED | _ASYNC:
+        if self._state & ~_TIMED == _ENTERED | _ASYNC:
             self._state |= _INTERRUPTED
             task = self._task
             assert task is not None
+            d = _aio.scope_cancels
+            d[task] = d.get(task, 0) + 1
             task.cancel()
 
 
@@ -1286,7 +1329,11 @@ class Scope(tuple[Context, CancelFunc]):
       only if, it was that interruption that ended the block. A cancellation from
       elsewhere passes through as ``CancelledError``; ``task.cancelling()`` is back to
       its value at entry. Exactly as ``asyncio.timeout`` does, with the context's error
-      in place of ``TimeoutError``.
+      in place of ``TimeoutError`` — and one rule more: when ``ctx`` has ended (by its
+      deadline, say) and tether interrupted the task for it, the code inside sees
+      ``ctx``'s error even if tether also delivered the interruption elsewhere (an
+      enclosing scope whose context ended, or a ``TaskGroup`` whose deadline passed);
+      only a cancel request from outside tether passes through.
 
     A scope can be entered once. Entering does not block.
 
@@ -1327,7 +1374,12 @@ class Scope(tuple[Context, CancelFunc]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        (_aio or _load_aio()).exit_scope(self[1], exc_type, exc)
+        cf = self[1]
+        if (_aio or _load_aio()).exit_scope(cf, exc_type, exc):
+            # No local may hold the new error: its traceback holds this frame, and a cycle
+            # would keep frames, tracebacks and the task's handles alive until a GC pass.
+            c = cf._ctx
+            raise _fresh_error(c) from (exc if c._cause is None else c._cause)
 
     def __repr__(self) -> str:
         return f"<tether.Scope of {self[0]!r}>"

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, TypeVarTuple, final
 
 from . import _context
 from ._context import CancelFunc, Context, _current, _derive, _fresh_error
+from ._errors import ContextError
 from ._group import _check_flag, _check_limit, _limit_zero, _reraise, _reraise_over
 from ._outcome import Outcome
 from ._thread import _call_failed, _not_a_function
@@ -153,6 +154,10 @@ class TaskHandle(Generic[T]):
         t = self._task
         if t is not None and not self._interrupted and not t.done():
             self._interrupted = True
+            from . import _aio  # loaded: the group runs on a loop
+
+            d = _aio.group_cancels  # a scope inside answers it with its error
+            d[t] = d.get(t, 0) + 1
             t.cancel()
 
     def __repr__(self) -> str:
@@ -629,6 +634,10 @@ class TaskGroup:
 
     def _on_task_done(self, task: Task[Any]) -> None:
         h = self._tasks.pop(task)
+        if h._interrupted:
+            from . import _aio
+
+            _aio.group_cancels.pop(task, None)
         if not task.cancelled() and task.exception() is None:  # the common case, inlined
             h._value = task.result()
             h._exc = None
@@ -658,6 +667,10 @@ class TaskGroup:
             exc = task.exception()
             if exc is None:
                 value = task.result()
+            elif h._interrupted and isinstance(exc, ContextError):
+                # a tether scope inside answered the group's interruption with its
+                # context's error (DeadlineExceeded): the same as a CancelledError
+                interrupted = True
         self._finish(h, value, exc, interrupted)
 
     def _record(self, e: BaseException) -> None:
