@@ -172,3 +172,89 @@ def test_redis_sigterm_mid_stream_then_restart(tmp_path):
         assert rep["duplicate_handler_starts"] >= 1  # the slow ones in hand at SIGTERM
     finally:
         asyncio.run(drop())
+
+
+# --------------------------------------------------------------------------------------
+# NATS JetStream
+
+
+def test_nats_sigterm_mid_stream_then_restart(tmp_path):
+    require_service("127.0.0.1", 4222, "NATS (JetStream)")
+    nats = pytest.importorskip("nats")
+    url = "nats://127.0.0.1:4222"
+    tag = "t" + uuid.uuid4().hex[:8]
+    stream, subject = tag.upper(), f"{tag}.in"
+
+    async def setup() -> list[str]:
+        nc = await nats.connect(url)
+        try:
+            js = nc.jetstream()
+            await js.add_stream(name=stream, subjects=[subject])
+            futs = [await js.publish_async(subject, str(i).encode()) for i in range(N)]
+            acks = await asyncio.gather(*futs)
+            return [f"{stream}:{a.seq}" for a in acks]
+        finally:
+            await nc.close()
+
+    async def state() -> tuple[set[str], set[str]]:
+        """(delivered, acked below the ack floor). JetStream shows per-message ack state
+        only as a floor plus a count (num_ack_pending), so run 1's acks are checked
+        three ways: below the floor means handled; the pending count equals the
+        delivered-but-unhandled count; and run 2 gets back exactly the unhandled ones
+        (a handled-but-unacked message would complete twice, an acked-but-unhandled one
+        would never complete: check_and_report fails on both)."""
+        nc = await nats.connect(url)
+        try:
+            js = nc.jetstream()
+            info = await js.consumer_info(stream, "workers")
+            delivered = {f"{stream}:{i}" for i in range(1, info.delivered.stream_seq + 1)}
+            floor = info.ack_floor.stream_seq
+            return delivered, {f"{stream}:{i}" for i in range(1, floor + 1)}
+        finally:
+            await nc.close()
+
+    async def drop() -> None:
+        nc = await nats.connect(url)
+        try:
+            await nc.jetstream().delete_stream(stream)
+        finally:
+            await nc.close()
+
+    ids = asyncio.run(setup())
+    try:
+        log1, log2 = tmp_path / "run1.log", tmp_path / "run2.log"
+        base = {"source": "nats", "url": url, "stream": stream, "durable": "workers"}
+        base["subject"] = subject
+        cfg1 = {**base, "log": str(log1), "slow_every": 150, "concurrency": 8, "grace": 0.5}
+        code, out = run_until_then_term(cfg1, log1, enough=300)
+        assert code == 0, out
+        delivered, below_floor = asyncio.run(state())
+        nats_pending = asyncio.run(num_ack_pending(nats, url, stream))
+        started1, done1 = read_log(log1)
+        assert len(done1) < N
+        # NATS states acks as a floor plus the acked ones above it; everything below the
+        # floor is acked and must have been handled.
+        assert below_floor <= set(done1)
+        # run 1 acked every message it handled: only unfinished and buffered ones pend
+        assert nats_pending == len(delivered) - len(set(done1) & delivered)
+        cfg2 = {**base, "log": str(log2), "concurrency": 8}
+        need = N - len(done1)
+        code, out = run_until_then_term(cfg2, log2, enough=need)
+        assert code == 0, out
+        assert asyncio.run(num_ack_pending(nats, url, stream)) == 0
+        acked_end = set(done1) | set(read_log(log2)[1])
+        unacked1 = delivered - set(done1)
+        rep = check_and_report("nats", ids, log1, log2, set(done1) & delivered, unacked1)
+        assert acked_end == set(ids)
+        assert rep["duplicate_handler_starts"] >= 1
+    finally:
+        asyncio.run(drop())
+
+
+async def num_ack_pending(nats: Any, url: str, stream: str) -> int:
+    nc = await nats.connect(url)
+    try:
+        info = await nc.jetstream().consumer_info(stream, "workers")
+        return int(info.num_ack_pending)
+    finally:
+        await nc.close()

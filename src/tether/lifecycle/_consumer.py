@@ -439,8 +439,10 @@ class Consumer:
             if ctx.err() is None:
                 opener = asyncio.ensure_future(src.open(ctx))
                 await _until(opener, ctx, cancel=True)
-                if not opener.cancelled():
-                    opener.result()  # raises what open() raised
+                exc = None if opener.cancelled() else opener.exception()
+                if exc is not None and not (isinstance(exc, ContextError) and ctx.err()):
+                    raise exc  # what open() raised (a stop during open() is no error)
+            if ctx.err() is None:
                 self._log.info(
                     "consumer %s started on %s (concurrency %d)",
                     self._name,
