@@ -230,7 +230,7 @@ def test_nats_sigterm_mid_stream_then_restart(tmp_path):
         assert code == 0, out
         delivered, below_floor = asyncio.run(state())
         nats_pending = asyncio.run(num_ack_pending(nats, url, stream))
-        started1, done1 = read_log(log1)
+        _, done1 = read_log(log1)
         assert len(done1) < N
         # NATS states acks as a floor plus the acked ones above it; everything below the
         # floor is acked and must have been handled.
