@@ -373,6 +373,7 @@ class Consumer:
         self._closing = False  # the flusher returns once the queue is empty
         self._closed = False  # the source is closing: nothing is acked any more
         self._low = max(1, self._prefetch // 2)  # fetch again below this many buffered
+        self._hb = source.heartbeat is not None
         self._root: Context | None = None
         self._have_work: asyncio.Event | None = None
         self._need_more: asyncio.Event | None = None
@@ -533,7 +534,7 @@ class Consumer:
                 await _until(asyncio.ensure_future(self._need_more.wait()), ctx, cancel=True)
                 continue
             try:
-                got = await src.fetch(ctx, self._prefetch - len(self._buffer))
+                got = await src.fetch(ctx, self._prefetch)
             except Exception as e:
                 if ctx.err() is not None:
                     break
@@ -570,6 +571,7 @@ class Consumer:
         assert self._have_work is not None
         assert self._need_more is not None
         buf = self._buffer
+        work = with_value(work, WORKER, self._name)
         while True:
             while not buf:
                 if self._state != _RUNNING:
@@ -596,7 +598,7 @@ class Consumer:
         root = self._root
         assert root is not None
         key = id(m)
-        self._in_flight[key] = (m, time.monotonic())
+        self._in_flight[key] = (m, time.monotonic() if self._hb else 0.0)
         outcome = "released"
         error: BaseException | None = None
         delay: float | None = None
@@ -607,12 +609,20 @@ class Consumer:
                 )
                 outcome = "dead"
                 return
-            base = with_value(with_value(work, WORKER, self._name), REQUEST_ID, m.id)
+            base = with_value(work, REQUEST_ID, m.id)
+            to = self._timeout
             attempt = 0
             while True:
                 attempt += 1
-                error = await self._attempt(base, m)
-                if error is None:
+                try:  # one call of the handler, under a fresh message context
+                    async with with_cancel(base) if to is None else with_timeout(base, to) as mc:
+                        if self._async:
+                            await self._handler(mc, m)  # type: ignore[misc]
+                        else:
+                            await to_thread(mc, self._handler, m)
+                except Exception as e:
+                    error = e
+                else:
                     outcome = "ack"
                     return
                 if work.err() is not None:  # cancelled by the drain: not the handler's fault
@@ -651,20 +661,14 @@ class Consumer:
                 self._n.retries += 1
         finally:
             del self._in_flight[key]
-            await _shielded(self._settle(root, m, outcome, error, delay))
-
-    async def _attempt(self, base: Context, m: Message) -> BaseException | None:
-        """One call of the handler under a fresh message context; its error or None."""
-        to = self._timeout
-        try:
-            async with with_cancel(base) if to is None else with_timeout(base, to) as mctx:
-                if self._async:
-                    await self._handler(mctx, m)  # type: ignore[misc]
+            if outcome == "ack" and not self._closed:  # the hot path: no suspension
+                if self._source.ordered_acks:
+                    self._ordered_done(m, "ack")
                 else:
-                    await to_thread(mctx, self._handler, m)
-        except Exception as e:
-            return e
-        return None
+                    self._to_ack.append((m, True))
+                    self._acks_queued.set()  # type: ignore[union-attr]
+            else:
+                await _shielded(self._settle(root, m, outcome, error, delay))
 
     async def _settle(
         self,
