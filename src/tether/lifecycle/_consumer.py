@@ -581,8 +581,11 @@ class Consumer:
             if self._state != _RUNNING:
                 return
             m = buf.popleft()
-            if len(buf) < self._low:
+            if len(buf) < self._low and not self._need_more.is_set():
                 self._need_more.set()
+                # Let the fetcher send its request (and the flusher its acks) now, so
+                # the broker works while this worker goes on with the buffer.
+                await asyncio.sleep(0)
             try:
                 await self._process(work, m)
             except Exception:  # a bug, or a broken logger: the worker must go on
