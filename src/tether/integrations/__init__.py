@@ -6,4 +6,6 @@ install (``pip install 'tether[name]'``).
 
 - ``tether.integrations.tenacity``: tenacity stop/retry/sleep hooks that end retrying
   with a context (extra ``tenacity``).
+- ``tether.integrations.redis_streams``, ``.nats``, ``.kafka``: sources for
+  ``tether.lifecycle.Consumer`` (extras ``redis``, ``nats``, ``kafka``).
 """

@@ -76,6 +76,8 @@ class KafkaSource:
     answers; ``CommitFailedError`` after a rebalance). The constructor raises
     ``TypeError`` (starting ``tether:``) for bad arguments.
 
+    Every method suspends only the calling task; none blocks the event loop.
+
     Added in 0.1.
     """
 
@@ -122,6 +124,8 @@ class KafkaSource:
         error first). Not idempotent (call once); not thread-safe. Raises aiokafka's
         errors (``KafkaConnectionError``: no broker).
 
+        It suspends only the calling task; it never blocks the event loop.
+
         Added in 0.1.
         """
         async with with_cancel(ctx):
@@ -142,6 +146,8 @@ class KafkaSource:
         Not idempotent (the consumer's position moves); not thread-safe. If ``ctx``
         already ended, returns ``[]``. Raises aiokafka's errors, ``RuntimeError``
         before ``open()``.
+
+        It suspends only the calling task; it never blocks the event loop.
 
         Added in 0.1.
         """
@@ -177,6 +183,8 @@ class KafkaSource:
         not thread-safe. Raises aiokafka's errors (``CommitFailedError`` after a
         rebalance: the records are delivered again).
 
+        It suspends only the calling task; it never blocks the event loop.
+
         Added in 0.1.
         """
         if not messages:
@@ -207,6 +215,8 @@ class KafkaSource:
         its error first); not idempotent (a repeat produces a second copy); not
         thread-safe. Raises aiokafka's errors (then nothing is committed).
 
+        It suspends only the calling task; it never blocks the event loop.
+
         Added in 0.1.
         """
         if self._producer is None:
@@ -233,6 +243,8 @@ class KafkaSource:
     async def close(self, ctx: Context) -> None:
         """Stop the consumer (leaving the group) and the producer. Idempotent; bounded by
         ``ctx`` (an already ended one skips the waits); not thread-safe. Raises nothing.
+
+        It suspends only the calling task; it never blocks the event loop.
 
         Added in 0.1.
         """

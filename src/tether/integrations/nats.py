@@ -80,6 +80,8 @@ class JetStreamSource:
     The constructor raises ``TypeError``/``ValueError`` (starting ``tether:``) for bad
     arguments.
 
+    Every method suspends only the calling task; none blocks the event loop.
+
     Added in 0.1.
     """
 
@@ -164,6 +166,8 @@ class JetStreamSource:
         server, once ``connect_options``' attempts are used up; ``NotFoundError``: no
         such stream).
 
+        It suspends only the calling task; it never blocks the event loop.
+
         Added in 0.1.
         """
         async with with_cancel(ctx):
@@ -203,6 +207,8 @@ class JetStreamSource:
         returns ``[]`` without a round trip. Raises nats-py's errors, and
         ``RuntimeError`` before ``open()``.
 
+        It suspends only the calling task; it never blocks the event loop.
+
         Added in 0.1.
         """
         if ctx.err() is not None:
@@ -236,6 +242,8 @@ class JetStreamSource:
         its error before sending); idempotent (JetStream ignores a second ack); not
         thread-safe. Raises nats-py's errors.
 
+        It suspends only the calling task; it never blocks the event loop.
+
         Added in 0.1.
         """
         if not messages:
@@ -252,6 +260,8 @@ class JetStreamSource:
         idempotent; not thread-safe. Raises nats-py's errors (then JetStream redelivers
         it after ``ack_wait``).
 
+        It suspends only the calling task; it never blocks the event loop.
+
         Added in 0.1.
         """
         async with with_cancel(ctx):
@@ -265,6 +275,8 @@ class JetStreamSource:
         first); not idempotent (a repeat publishes a second copy); not thread-safe.
         Raises nats-py's errors (``NoRespondersError``: no stream captures the subject;
         then nothing was acked).
+
+        It suspends only the calling task; it never blocks the event loop.
 
         Added in 0.1.
         """
@@ -295,6 +307,8 @@ class JetStreamSource:
         Bounded by ``ctx`` (an already ended one raises its error first); idempotent;
         not thread-safe. Raises nats-py's errors.
 
+        It suspends only the calling task; it never blocks the event loop.
+
         Added in 0.1.
         """
         async with with_cancel(ctx):
@@ -304,6 +318,8 @@ class JetStreamSource:
         """Unsubscribe (the durable consumer stays on the server), and close the
         connection if the source opened it. Idempotent; bounded by ``ctx`` (an already
         ended one skips the waits); not thread-safe. Raises nothing.
+
+        It suspends only the calling task; it never blocks the event loop.
 
         Added in 0.1.
         """

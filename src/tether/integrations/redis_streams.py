@@ -161,6 +161,8 @@ class RedisStreamSource:
         position); bounded by ``ctx`` (an already ended one raises its error first).
         Not thread-safe. Raises redis-py's errors (``ConnectionError``: no server).
 
+        It suspends only the calling task; it never blocks the event loop.
+
         Added in 0.1.
         """
         if not self._create:
@@ -248,6 +250,10 @@ class RedisStreamSource:
         bounded by ``ctx`` (an already ended one raises its error before the round trip);
         not thread-safe. Raises redis-py's errors.
 
+        It suspends only the calling task; it never blocks the event loop.
+
+        It suspends only the calling task; it never blocks the event loop.
+
         Added in 0.1.
         """
         if not messages:
@@ -271,6 +277,8 @@ class RedisStreamSource:
         one round trip, bounded by ``ctx`` (an already ended one raises its error first);
         not idempotent (a repeat adds a second copy); not thread-safe. Raises
         redis-py's errors (then nothing was written or acked).
+
+        It suspends only the calling task; it never blocks the event loop.
 
         Added in 0.1.
         """
@@ -297,6 +305,8 @@ class RedisStreamSource:
         bounded by ``ctx`` (an already ended one raises its error first); not
         thread-safe. Raises redis-py's errors.
 
+        It suspends only the calling task; it never blocks the event loop.
+
         Added in 0.1.
         """
         async with with_cancel(ctx):
@@ -309,6 +319,8 @@ class RedisStreamSource:
 
         Idempotent; suspends for the disconnect at most, bounded by ``ctx`` (an already
         ended one skips the wait); not thread-safe. Raises nothing.
+
+        It suspends only the calling task; it never blocks the event loop.
 
         Added in 0.1.
         """

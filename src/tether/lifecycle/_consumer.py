@@ -314,6 +314,12 @@ class Consumer:
     return; a message whose handler returned but whose ack failed, or that was
     released, is delivered again later: processing is at-least-once.
 
+    Constructing one does no I/O and never blocks; each construction is a new consumer
+    (``run`` is once only). A consumer belongs to the event loop that runs it: it is
+    not thread-safe, except ``stats()``. A context that already ended makes ``run``
+    return at once. The constructor raises ``TypeError``/``ValueError`` (starting
+    ``tether:``) for a non-source, a non-callable handler or bad numbers.
+
     Added in 0.1.
     """
 
