@@ -519,3 +519,82 @@ def test_retry_policy_delays():
     assert all(1 <= j.delay(1) <= 1.5 for _ in range(50))
     with pytest.raises(ValueError, match=r"^tether: failures must be >= 1"):
         p.delay(0)
+
+
+def test_a_long_handler_is_not_claimed_by_another_consumer(names):
+    handled: list[tuple[str, str]] = []
+
+    def handler_for(who: str):
+        async def handler(ctx: tether.Context, msg: Message) -> None:
+            await asyncio.sleep(1.5)  # 5 x claim_idle: claimable without the heartbeat
+            handled.append((who, msg.id))
+
+        return handler
+
+    async def main() -> None:
+        ids = await produce(names["stream"], 1)
+        kw = {"block": 0.05, "claim_idle": 0.3, "claim_every": 0.05}
+        a = Consumer(RedisStreamSource(URL, names["stream"], "g", "a", **kw), handler_for("a"))
+        ctx, cancel = tether.with_cancel(tether.background())
+        ta = asyncio.ensure_future(a.run(ctx))
+        while a.stats().in_flight == 0:
+            await asyncio.sleep(0.01)
+        b = Consumer(RedisStreamSource(URL, names["stream"], "g", "b", **kw), handler_for("b"))
+        tb = asyncio.ensure_future(b.run(ctx))
+        while not handled:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.5)
+        cancel()
+        await asyncio.gather(ta, tb)
+        assert handled == [("a", ids[0])]
+        assert await pending(names["stream"], "g") == []
+
+    asyncio.run(main())
+
+
+@pytest.mark.slow
+def test_the_server_dying_mid_run_loses_the_ack_not_the_message(tmp_path):
+    """A private redis-server, killed while a handler runs: the ack fails and is
+    counted, the consumer keeps trying to fetch (logging), and stops cleanly."""
+    import shutil
+    import socket
+    import subprocess
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed")
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    args += ["--appendonly", "no", "--dir", str(tmp_path)]
+    server = subprocess.Popen(args, stdout=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+
+        async def main() -> None:
+            for _ in range(200):
+                try:
+                    socket.create_connection(("127.0.0.1", port), 0.1).close()
+                    break
+                except OSError:
+                    await asyncio.sleep(0.02)
+            r = redis_asyncio.Redis.from_url(url)
+            await r.xadd("s", {"n": "1"})
+            await r.aclose()
+
+            async def handler(ctx: tether.Context, msg: Message) -> None:
+                server.kill()
+                server.wait()
+
+            c = Consumer(RedisStreamSource(url, "s", "g", "c", block=0.05), handler)
+            stats = await run_until(c, lambda: c.stats().ack_errors == 1, timeout=20)
+            assert (stats.acked, stats.ack_errors) == (0, 1)
+            assert stats.state == "stopped"
+
+        asyncio.run(main())
+    finally:
+        if server.poll() is None:
+            server.kill()
+        server.wait()
