@@ -224,7 +224,7 @@ class RedisStreamSource:
         )
         if not new:
             return []
-        return [Message(_s(i), f, deliveries=1) for i, f in new[0][1]]
+        return [Message(_s(i), f, None, 1, None, i) for i, f in new[0][1]]
 
     async def _with_deliveries(self, entries: list[Any]) -> list[Message]:
         """Messages for redelivered entries, with their delivery counts (XPENDING)."""
@@ -243,7 +243,7 @@ class RedisStreamSource:
             consumername=self.consumer,
         )
         times = {_s(p["message_id"]): int(p["times_delivered"]) for p in pend}
-        return [Message(i, f, deliveries=times.get(i)) for i, f in live]
+        return [Message(i, f, None, times.get(i), None, i) for i, f in live]
 
     async def ack(self, ctx: Context, messages: Sequence[Message]) -> None:
         """``XACK`` the messages in one round trip. Idempotent (acking twice is harmless);
@@ -259,7 +259,7 @@ class RedisStreamSource:
         if not messages:
             return
         async with with_cancel(ctx):
-            await self._redis.xack(self.stream, self.group, *[m.id for m in messages])
+            await self._redis.xack(self.stream, self.group, *[m.raw for m in messages])
 
     async def release(self, ctx: Context, message: Message, delay: float | None) -> None:
         """Leave the entry pending: it is redelivered by the recovery read or a claim.
