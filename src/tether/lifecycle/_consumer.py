@@ -536,10 +536,29 @@ class Consumer:
         assert self._need_more is not None
         assert self._have_work is not None
         src = self._source
+        need_more = self._need_more
+        loop = asyncio.get_running_loop()
+
+        def wake() -> None:  # the stop wakes the fetcher as a worker would
+            try:
+                loop.call_soon_threadsafe(need_more.set)
+            except RuntimeError:  # the loop is closed: nobody waits any more
+                pass
+
+        unhook = after_func(ctx, wake)
+        try:
+            await self._fetch_until(ctx, src, need_more)
+        finally:
+            unhook()
+
+    async def _fetch_until(self, ctx: Context, src: Source, need_more: asyncio.Event) -> None:
+        assert self._have_work is not None
         while ctx.err() is None:
             if len(self._buffer) >= self._low:
-                self._need_more.clear()
-                await _until(asyncio.ensure_future(self._need_more.wait()), ctx, cancel=True)
+                # Wait on the event itself (no helper task): a worker that sets it and
+                # yields once lets this task send the next fetch at once.
+                need_more.clear()
+                await need_more.wait()
                 continue
             try:
                 got = await src.fetch(ctx, self._prefetch)
