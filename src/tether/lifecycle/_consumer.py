@@ -117,9 +117,10 @@ class Source(Protocol):
     order); ``release`` hands a message back for redelivery, undone (after ``delay``
     seconds where the broker supports it); ``dead_letter`` stores the message and the
     error at the source's dead-letter destination and acks it, atomically where the
-    broker allows, and returns ``False`` (doing nothing) if no destination is
-    configured. A method that raises is logged by the consumer, which never acks a
-    message whose handler did not return.
+    broker allows (for an ordered source it only stores: the consumer then acks past it
+    in order), and returns ``False`` (doing nothing) if no destination is configured.
+    A method that raises is logged by the consumer, which never acks a message whose
+    handler did not return.
 
     A protocol: implementing it neither blocks nor raises; thread-safety and
     idempotency are each implementation's (tether's are used from one event loop; an
@@ -133,19 +134,69 @@ class Source(Protocol):
     ordered_acks: bool
     heartbeat: float | None
 
-    async def open(self, ctx: Context) -> None: ...
+    async def open(self, ctx: Context) -> None:
+        """Connect and bind (create the group/durable if needed). Suspends the calling
+        task (never blocks the loop); called once per run, need not be idempotent; one
+        event loop calls it (no thread-safety needed). If ``ctx`` already ended, raise
+        its error or return. Raises the broker client's errors (``run`` re-raises them).
 
-    async def fetch(self, ctx: Context, max_messages: int) -> Sequence[Message]: ...
+        Added in 0.1.
+        """
 
-    async def ack(self, ctx: Context, messages: Sequence[Message]) -> None: ...
+    async def fetch(self, ctx: Context, max_messages: int) -> Sequence[Message]:
+        """Up to ``max_messages`` messages; waits at most the source's poll interval
+        (never blocks the loop); ``[]`` for none, and at once if ``ctx`` already ended.
+        Not idempotent (it takes messages); one event loop calls it, one call at a time
+        (no thread-safety needed). Raises the client's errors (logged and retried).
 
-    async def release(self, ctx: Context, message: Message, delay: float | None) -> None: ...
+        Added in 0.1.
+        """
 
-    async def dead_letter(self, ctx: Context, message: Message, error: BaseException) -> bool: ...
+    async def ack(self, ctx: Context, messages: Sequence[Message]) -> None:
+        """Acknowledge ``messages`` (for ordered sources: the next ones of their
+        partitions, in order). Suspends (never blocks the loop) within ``ctx``'s short
+        deadline, raising its error if it already ended or ends; should be idempotent (a
+        repeat after a timeout must be harmless); one event loop calls it (no
+        thread-safety needed). Raises the client's errors (logged, counted).
 
-    async def in_progress(self, ctx: Context, message: Message) -> None: ...
+        Added in 0.1.
+        """
 
-    async def close(self, ctx: Context) -> None: ...
+    async def release(self, ctx: Context, message: Message, delay: float | None) -> None:
+        """Hand ``message`` back undone, for redelivery after ``delay`` seconds where the
+        broker can. Suspends (never blocks the loop) within ``ctx`` (raise its error if
+        it already ended); idempotent; one event loop calls it (no thread-safety
+        needed). Raises the client's errors (logged: the broker's timeout redelivers).
+
+        Added in 0.1.
+        """
+
+    async def dead_letter(self, ctx: Context, message: Message, error: BaseException) -> bool:
+        """Store ``message`` and ``error`` at the dead-letter destination (and ack it,
+        unless ordered); ``False`` without a destination. Suspends (never blocks the
+        loop) within ``ctx`` (raise its error if it already ended); not idempotent (a
+        repeat stores a second copy); one event loop calls it (no thread-safety
+        needed). Raises the client's errors (the message is then released).
+
+        Added in 0.1.
+        """
+
+    async def in_progress(self, ctx: Context, message: Message) -> None:
+        """Tell the broker ``message`` is still being handled (extend its lease).
+        Suspends (never blocks the loop) within ``ctx`` (raise its error if it already
+        ended); idempotent; one event loop calls it (no thread-safety needed). Raises
+        the client's errors (logged).
+
+        Added in 0.1.
+        """
+
+    async def close(self, ctx: Context) -> None:
+        """Release what ``open`` acquired. Suspends (never blocks the loop) within
+        ``ctx`` (skip the waits if it already ended); idempotent; one event loop calls
+        it (no thread-safety needed). Should raise nothing (errors are logged).
+
+        Added in 0.1.
+        """
 
 
 @dataclass(frozen=True)
