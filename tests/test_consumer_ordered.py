@@ -168,3 +168,27 @@ def test_a_stop_commits_what_was_handled_and_nothing_after_an_unfinished_record(
         assert "0:2" in log.released
 
     asyncio.run(main())
+
+
+def test_cancelling_the_awaiting_task_releases_the_message_in_hand_and_flushes_acks():
+    async def main() -> None:
+        started = asyncio.Event()
+
+        async def handler(ctx: tether.Context, msg: Message) -> None:
+            if msg.id == "0:3":
+                started.set()
+                await asyncio.sleep(60)
+
+        log = Log(partitions=1, per_partition=10)
+        c = Consumer(log, handler, concurrency=2)
+        task = asyncio.ensure_future(c.run(tether.background()))
+        await started.wait()
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert c.stats().state == "stopped"
+        assert "0:3" in log.released
+        assert log.committed.get(0, 0) == 3  # 0:0..0:2 acked, nothing past 0:3
+
+    asyncio.run(main())
