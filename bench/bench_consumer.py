@@ -55,14 +55,14 @@ def noop(ctx: Any, msg: Any) -> None:
     pass
 
 
-async def hand_loop(url: str, stream: str, n: int, threaded: bool) -> float:
+async def hand_loop(url: str, stream: str, n: int, threaded: bool) -> tuple[float, float]:
     import redis.asyncio as aioredis
 
     r = aioredis.Redis.from_url(url)
     try:
         await fill(r, stream, n)
         done = 0
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         while done < n:
             resp = await r.xreadgroup("g", "c", {stream: ">"}, count=100, block=100)
             if not resp:
@@ -75,7 +75,7 @@ async def hand_loop(url: str, stream: str, n: int, threaded: bool) -> float:
                     await anoop(None, e)
             await r.xack(stream, "g", *[e[0] for e in entries])
             done += len(entries)
-        return n / (time.perf_counter() - t0)
+        return n / (time.perf_counter() - t0), (time.process_time() - c0) / n * 1e6
     finally:
         await r.delete(stream)
         await r.aclose()
@@ -105,13 +105,14 @@ async def tether_consumer(url: str, stream: str, n: int, concurrency: int, threa
             src, noop if threaded else anoop, concurrency=concurrency, prefetch=100
         )
         ctx, cancel = tether.with_cancel(tether.background())
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         task = asyncio.ensure_future(c.run(ctx))
         await all_acked.wait()
         elapsed = time.perf_counter() - t0
+        cpu = (time.process_time() - c0) / n * 1e6
         cancel()
         await task
-        return n / elapsed
+        return n / elapsed, cpu
     finally:
         await r.delete(stream)
         await r.aclose()
@@ -127,11 +128,17 @@ async def measure(url: str, n: int, repeats: int) -> list[dict[str, Any]]:
     for rid, what, conc, threaded, target in rows:
         ours: list[float] = []
         peer: list[float] = []
+        ours_cpu: list[float] = []
+        peer_cpu: list[float] = []
         m = n // 4 if threaded else n
         for _ in range(repeats):
             tag = uuid.uuid4().hex[:8]
-            peer.append(await hand_loop(url, f"bench.{tag}.p", m, threaded))
-            ours.append(await tether_consumer(url, f"bench.{tag}.t", m, conc, threaded))
+            rate, cpu = await hand_loop(url, f"bench.{tag}.p", m, threaded)
+            peer.append(rate)
+            peer_cpu.append(cpu)
+            rate, cpu = await tether_consumer(url, f"bench.{tag}.t", m, conc, threaded)
+            ours.append(rate)
+            ours_cpu.append(cpu)
         row = {
             "id": rid,
             "what": what,
@@ -143,6 +150,9 @@ async def measure(url: str, n: int, repeats: int) -> list[dict[str, Any]]:
             "ratio": max(ours) / max(peer),
             "paired_median_ratio": statistics.median(o / p for o, p in zip(ours, peer)),
             "target": target,
+            "tether_cpu_us_per_msg": min(ours_cpu),
+            "peer_cpu_us_per_msg": min(peer_cpu),
+            "cpu_ratio": min(peer_cpu) / min(ours_cpu),
             "messages": m,
         }
         out.append(row)
@@ -153,6 +163,8 @@ async def measure(url: str, n: int, repeats: int) -> list[dict[str, Any]]:
             f"peer {row['peer']:>9.0f} msg/s (median {row['peer_median']:.0f})   "
             f"ratio {row['ratio']:.2f} (paired median {row['paired_median_ratio']:.2f})"
             + ("" if target is None else f" (target >= {target:.2f}){ok}")
+            + f"\n    client CPU per message: tether {row['tether_cpu_us_per_msg']:.1f} us, "
+            f"peer {row['peer_cpu_us_per_msg']:.1f} us (peer/tether {row['cpu_ratio']:.2f})"
         )
     return out
 

@@ -192,3 +192,34 @@ def test_cancelling_the_awaiting_task_releases_the_message_in_hand_and_flushes_a
         assert log.committed.get(0, 0) == 3  # 0:0..0:2 acked, nothing past 0:3
 
     asyncio.run(main())
+
+
+def test_a_handler_that_suspends_gets_values_errors_and_its_context_back():
+    """The first step of a handler runs before its interrupter is armed; what follows
+    a suspension must behave exactly as a plain ``await handler(...)``."""
+    seen: list[tuple[str, object]] = []
+
+    async def handler(ctx: tether.Context, msg: Message) -> None:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[int] = loop.create_future()
+        loop.call_later(0.001, fut.set_result, 41)
+        got = await fut
+        bad: asyncio.Future[int] = loop.create_future()
+        loop.call_soon(bad.set_exception, ValueError("thrown in"))
+        try:
+            await bad
+        except ValueError as e:
+            seen.append(("caught", str(e)))
+        a, b = await asyncio.gather(asyncio.sleep(0, got), asyncio.sleep(0.001, 1))
+        seen.append(("sum", a + b))
+        seen.append(("rid", tether.current().value(tether.REQUEST_ID) == msg.id))
+        seen.append(("ctx", tether.current().err() is None and ctx.err() is None))
+
+    log = Log(partitions=1, per_partition=1)
+
+    async def main() -> None:
+        c = Consumer(log, handler)
+        await run_until(c, lambda: log.committed.get(0) == 1)
+
+    asyncio.run(main())
+    assert seen == [("caught", "thrown in"), ("sum", 42), ("rid", True), ("ctx", True)]

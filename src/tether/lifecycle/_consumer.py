@@ -30,6 +30,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
+from types import CoroutineType
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from .._context import (
@@ -681,8 +682,20 @@ class Consumer:
                 inflight[key] = (m, time.monotonic() if hb else 0.0)
                 try:  # the first attempt, under a fresh message context
                     base = with_value(work, REQUEST_ID, m.id)
-                    async with with_cancel(base) if to is None else with_timeout(base, to) as mc:
-                        await handler(mc, m)  # type: ignore[misc]
+                    with with_cancel(base) if to is None else with_timeout(base, to) as mc:
+                        # Run the handler up to its first suspension here: most messages
+                        # finish without one, and need no interrupter. One that suspends
+                        # finishes inside `async with`, which interrupts it when mc ends.
+                        coro: Any = handler(mc, m)
+                        if type(coro) is not CoroutineType:  # another awaitable
+                            await _resume_in_scope(mc, coro, _START)
+                        else:
+                            try:
+                                step = coro.send(None)
+                            except StopIteration:
+                                pass
+                            else:
+                                await _resume_in_scope(mc, coro, step)
                 except Exception as e:
                     await self._process(work, m, e)  # the retry policy takes over
                     continue
@@ -1025,6 +1038,53 @@ def _nothing() -> None:
 
 # --------------------------------------------------------------------------------------
 # Waiting helpers (the consumer waits on tether contexts, never on wall-clock sleeps)
+
+
+_START = object()  # _resume_in_scope: the awaitable has not started yet
+
+
+async def _resume_in_scope(ctx: Context, coro: Any, step: Any) -> None:
+    """Finish ``coro`` (suspended at ``step``) inside ``async with with_cancel(ctx)``."""
+    async with with_cancel(ctx):
+        if step is _START:
+            await coro
+        else:
+            await _Resume(coro, step)
+
+
+class _Resume:
+    """Awaitable that drives a coroutine already advanced to its first suspension.
+
+    It hands what the coroutine yields to the task and the task's resumptions (values
+    and thrown exceptions, cancellation included) back to the coroutine: what the task
+    would have done had it awaited the coroutine from the start.
+    """
+
+    __slots__ = ("coro", "step")
+
+    def __init__(self, coro: Any, step: Any) -> None:
+        self.coro = coro
+        self.step = step
+
+    def __await__(self) -> Any:
+        coro, step = self.coro, self.step
+        self.coro = self.step = None
+        while True:
+            try:
+                sent = yield step
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as e:  # forwarded to the coroutine as is
+                try:
+                    step = coro.throw(e)
+                except StopIteration as stop:
+                    return stop.value
+            else:
+                try:
+                    step = coro.send(sent)
+                except StopIteration as stop:
+                    return stop.value
 
 
 async def _until(fut: asyncio.Future[Any], ctx: Context, *, cancel: bool = False) -> None:
