@@ -425,7 +425,8 @@ class Consumer:
         self._state = _NEW
         self._n = _Counts()
         self._buffer: collections.deque[Message] = collections.deque()
-        self._in_flight: dict[int, tuple[Message, float]] = {}  # id(msg) -> (msg, started)
+        self._in_flight: dict[int, Message] = {}  # id(msg) -> msg, while its handler runs
+        self._started: dict[int, float] = {}  # id(msg) -> time.monotonic(), if heartbeat
         self._order: dict[Hashable, collections.deque[_Slot]] = {}
         self._slots: dict[int, _Slot] = {}
         self._blocked: set[Hashable] = set()
@@ -679,7 +680,9 @@ class Consumer:
                     await self._process(work, m)
                     continue
                 key = id(m)
-                inflight[key] = (m, time.monotonic() if hb else 0.0)
+                inflight[key] = m
+                if hb:
+                    self._started[key] = time.monotonic()
                 try:  # the first attempt, under a fresh message context
                     base = with_value(work, REQUEST_ID, m.id)
                     with with_cancel(base) if to is None else with_timeout(base, to) as mc:
@@ -701,9 +704,12 @@ class Consumer:
                     continue
                 except BaseException:
                     del inflight[key]
+                    self._started.pop(key, None)
                     await _shielded(self._settle(root, m, "released", None, None))
                     raise
                 del inflight[key]
+                if hb:
+                    del self._started[key]
                 if self._closed:
                     await self._settle(root, m, "ack", None, None)  # logs it, acks nothing
                 elif ordered:
@@ -727,7 +733,9 @@ class Consumer:
         assert root is not None
         key = id(m)
         if first is None:
-            self._in_flight[key] = (m, time.monotonic() if self._hb else 0.0)
+            self._in_flight[key] = m
+            if self._hb:
+                self._started[key] = time.monotonic()
         outcome = "released"
         error: BaseException | None = first
         delay: float | None = None
@@ -796,6 +804,7 @@ class Consumer:
                 error = None
         finally:
             del self._in_flight[key]
+            self._started.pop(key, None)
             if outcome == "ack" and not self._closed:  # the hot path: no suspension
                 if self._source.ordered_acks:
                     self._ordered_done(m, "ack")
@@ -982,8 +991,9 @@ class Consumer:
         while True:
             await asyncio.sleep(every / 2)
             now = time.monotonic()
-            for m, started in list(self._in_flight.values()):
-                if now - started < every:
+            for key, started in list(self._started.items()):
+                m = self._in_flight.get(key)
+                if m is None or now - started < every:
                     continue
                 with self._fresh(ctx) as hctx:
                     try:
