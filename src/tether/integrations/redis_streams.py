@@ -224,7 +224,11 @@ class RedisStreamSource:
         )
         if not new:
             return []
-        return [Message(_s(i), f, None, 1, None, i) for i, f in new[0][1]]
+        make = Message._make  # (the hot path: one Message per entry)
+        return [
+            make((i.decode() if type(i) is bytes else str(i), f, None, 1, None, i))
+            for i, f in new[0][1]
+        ]
 
     async def _with_deliveries(self, entries: list[Any]) -> list[Message]:
         """Messages for redelivered entries, with their delivery counts (XPENDING)."""

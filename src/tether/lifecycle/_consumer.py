@@ -430,7 +430,8 @@ class Consumer:
         self._order: dict[Hashable, collections.deque[_Slot]] = {}
         self._slots: dict[int, _Slot] = {}
         self._blocked: set[Hashable] = set()
-        self._to_ack: list[tuple[Message, bool]] = []  # (message, counts as acked)
+        self._to_ack: list[Message] = []  # acks to send, in order
+        self._not_counted: set[int] = set()  # id() of dead-lettered ones among them
         self._closing = False  # the flusher returns once the queue is empty
         self._closed = False  # the source is closing: nothing is acked any more
         self._low = max(1, self._prefetch // 2)  # fetch again below this many buffered
@@ -715,7 +716,7 @@ class Consumer:
                 elif ordered:
                     self._ordered_done(m, "ack")
                 else:
-                    to_ack.append((m, True))
+                    to_ack.append(m)
                     acks_queued.set()
             except Exception:  # a bug, or a broken logger: the worker must go on
                 self._log.exception(
@@ -809,7 +810,7 @@ class Consumer:
                 if self._source.ordered_acks:
                     self._ordered_done(m, "ack")
                 else:
-                    self._to_ack.append((m, True))
+                    self._to_ack.append(m)
                     self._acks_queued.set()  # type: ignore[union-attr]
             else:
                 await _shielded(self._settle(root, m, outcome, error, delay))
@@ -874,7 +875,7 @@ class Consumer:
             if self._source.ordered_acks:
                 self._ordered_done(m, "ack")
             else:
-                self._queue_ack([(m, True)])
+                self._queue_ack([m])
             return
         self._n.released += 1
         self._ordered_done(m, "released")
@@ -900,7 +901,7 @@ class Consumer:
             return
         slot.settled = how
         q = self._order[m.partition]
-        ready: list[tuple[Message, bool]] = []
+        ready: list[Message] = []
         while q and q[0].settled is not None:
             s = q.popleft()
             if s.settled == "released":  # never commit past an unhandled message
@@ -922,11 +923,13 @@ class Consumer:
                 )
                 break
             # a dead-lettered message was stored elsewhere: it moves the commit point too
-            ready.append((s.msg, s.settled == "ack"))
+            if s.settled != "ack":
+                self._not_counted.add(id(s.msg))
+            ready.append(s.msg)
         if ready:
             self._queue_ack(ready)
 
-    def _queue_ack(self, items: list[tuple[Message, bool]]) -> None:
+    def _queue_ack(self, items: list[Message]) -> None:
         assert self._acks_queued is not None
         self._to_ack.extend(items)
         self._acks_queued.set()
@@ -946,7 +949,7 @@ class Consumer:
             self._to_ack.clear()
             with self._fresh(ctx) as actx:
                 try:
-                    await self._source.ack(actx, [m for m, _ in batch])
+                    await self._source.ack(actx, batch)
                 except Exception as e:
                     self._n.ack_errors += 1
                     self._log.error(
@@ -959,7 +962,12 @@ class Consumer:
                         extra={"worker": self._name, "event": "ack_failed"},
                     )
                 else:
-                    self._n.acked += sum(1 for _, counted in batch if counted)
+                    n = len(batch)
+                    if self._not_counted:  # ordered sources: dead-lettered ones ride along
+                        dead = self._not_counted
+                        n -= sum(1 for m in batch if id(m) in dead)
+                        dead.difference_update(id(m) for m in batch)
+                    self._n.acked += n
 
     async def _stop_tasks(
         self, ctx: Context, tasks: Sequence[asyncio.Task[None]], *, force: bool = True
