@@ -235,3 +235,24 @@ def test_misuse():
             await src.fetch(tether.background(), 1)
 
     asyncio.run(fetch_first())
+
+
+def test_a_dead_letter_subject_no_stream_captures_releases_the_message(names):
+    deliveries: list[int | None] = []
+
+    async def handler(ctx: tether.Context, msg: Message) -> None:
+        deliveries.append(msg.deliveries)
+        if len(deliveries) == 1:
+            raise ValueError("fails once")
+
+    async def main() -> None:
+        await produce(names["subject"], 1)
+        src = source(names, dead_letter=f"{names['subject']}.nowhere")
+        c = Consumer(src, handler, retry=RetryPolicy(attempts=1, backoff=0.01))
+        stats = await run_until(c, lambda: c.stats().acked == 1)
+        # publishing to the dead-letter subject failed (no stream): released, not acked,
+        # so JetStream delivered it again
+        assert (stats.dead_lettered, stats.released, stats.acked) == (0, 1, 1)
+        assert deliveries == [1, 2]
+
+    asyncio.run(main())
