@@ -662,6 +662,7 @@ class Consumer:
         assert acks_queued is not None
         fast = self._async and self._retry.max_deliveries is None
         ordered = self._source.ordered_acks
+        need_more, low, coroutine = self._need_more, self._low, CoroutineType
         while True:
             while not buf:
                 if self._state != _RUNNING:
@@ -671,8 +672,8 @@ class Consumer:
             if self._state != _RUNNING:
                 return
             m = buf.popleft()
-            if len(buf) < self._low and not self._need_more.is_set():
-                self._need_more.set()
+            if len(buf) < low and not need_more.is_set():
+                need_more.set()
                 # Let the fetcher send its request (and the flusher its acks) now, so
                 # the broker works while this worker goes on with the buffer.
                 await asyncio.sleep(0)
@@ -691,7 +692,7 @@ class Consumer:
                         # finish without one, and need no interrupter. One that suspends
                         # finishes inside `async with`, which interrupts it when mc ends.
                         coro: Any = handler(mc, m)
-                        if type(coro) is not CoroutineType:  # another awaitable
+                        if type(coro) is not coroutine:  # another awaitable
                             await _resume_in_scope(mc, coro, _START)
                         else:
                             try:
