@@ -526,14 +526,14 @@ def test_a_long_handler_is_not_claimed_by_another_consumer(names):
 
     def handler_for(who: str):
         async def handler(ctx: tether.Context, msg: Message) -> None:
-            await asyncio.sleep(1.5)  # 5 x claim_idle: claimable without the heartbeat
+            await asyncio.sleep(3.0)  # 3 x claim_idle: claimable without the heartbeat
             handled.append((who, msg.id))
 
         return handler
 
     async def main() -> None:
         ids = await produce(names["stream"], 1)
-        kw = {"block": 0.05, "claim_idle": 0.3, "claim_every": 0.05}
+        kw = {"block": 0.05, "claim_idle": 1.0, "claim_every": 0.05}
         a = Consumer(RedisStreamSource(URL, names["stream"], "g", "a", **kw), handler_for("a"))
         ctx, cancel = tether.with_cancel(tether.background())
         ta = asyncio.ensure_future(a.run(ctx))
