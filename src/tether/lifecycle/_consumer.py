@@ -665,8 +665,8 @@ class Consumer:
         need_more, low, coroutine = self._need_more, self._low, CoroutineType
         while True:
             while not buf:
-                if self._state != _RUNNING:
-                    return
+                if self._state != _RUNNING or work.err() is not None:
+                    return  # stopping, or the drain ended (then nothing new may start)
                 self._have_work.clear()
                 await self._have_work.wait()
             if self._state != _RUNNING:
