@@ -33,4 +33,6 @@ install (``pip install 'tether[name]'``).
   host=, port=).serve``, an ASGI server as a ``Supervisor`` component that leaves
   signals to tether, stops accepting on shutdown and drains within the supervisor's
   deadline (extras ``uvicorn``, ``hypercorn``).
+- ``tether.integrations.redis_streams``, ``.nats``, ``.kafka``: sources for
+  ``tether.lifecycle.Consumer`` (extras ``redis``, ``nats``, ``kafka``).
 """
