@@ -44,9 +44,15 @@ if os.environ.get("TETHER_GC_PRESSURE") == "1":
 def _abandon_scope(parent: tether.Context) -> None:
     """Cyclic garbage whose finalizer cancels a private child of ``parent``."""
 
+    # try/finally, not `with scope:`: on CPython 3.10/3.11 a ContextVar.set re-entered
+    # by the collector while another ContextVar.set runs can crash the interpreter itself
+    # (python/cpython#148891; docs/design.md, "The core survives faults").
     def gen():
-        with tether.with_cancel(parent):
+        ctx, cancel = tether.with_cancel(parent)
+        try:
             yield
+        finally:
+            cancel()
 
     g = gen()
     next(g)
