@@ -48,7 +48,7 @@ def _abandon_scope(parent: tether.Context) -> None:
     # by the collector while another ContextVar.set runs can crash the interpreter itself
     # (python/cpython#148891; docs/design.md, "The core survives faults").
     def gen():
-        ctx, cancel = tether.with_cancel(parent)
+        _ctx, cancel = tether.with_cancel(parent)
         try:
             yield
         finally:
