@@ -52,7 +52,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import time
+from asyncio import current_task as _current_task
+from asyncio import get_running_loop as _get_running_loop
 from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -116,142 +117,45 @@ def request_context(scope: Scope | Any) -> Context:
 
 
 class _Watch:
-    """One event loop's readers waiting to start reading: one timer for all of them.
+    """One event loop's requests waiting to start reading: one timer for all of them.
 
     A request's reader starts ``_WATCH_AFTER`` seconds after it was registered (a
-    per-request ``call_later`` cost more than the rest of the middleware's bookkeeping).
-    Readers are kept in registration order, so the oldest is first; the timer is armed
-    for the oldest only, and only while there is one.
+    per-request ``call_later``, let alone a task, cost more than the rest of the
+    middleware's bookkeeping). Requests are kept in registration order, so the oldest is
+    first; the timer is armed for the oldest only, and only while there is one.
     """
 
     __slots__ = ("handle", "loop", "waiting")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.waiting: dict[_Reader, float] = {}  # reader -> when registered (loop time)
+        self.waiting: dict[_Exchange, float] = {}  # request -> when registered (loop time)
         self.handle: asyncio.TimerHandle | None = None
-
-    def add(self, reader: _Reader) -> None:
-        now = self.loop.time()
-        self.waiting[reader] = now
-        if self.handle is None:
-            self.handle = self.loop.call_at(now + _WATCH_AFTER, self.tick)
 
     def tick(self) -> None:
         self.handle = None
         due = self.loop.time() - _WATCH_AFTER
         waiting = self.waiting
         while waiting:
-            reader = next(iter(waiting))
-            since = waiting[reader]
+            r = next(iter(waiting))
+            since = waiting[r]
             if since > due:
                 self.handle = self.loop.call_at(since + _WATCH_AFTER, self.tick)
                 return
-            del waiting[reader]
-            reader.start()
+            del waiting[r]
+            r.start()
 
 
 _watches: dict[asyncio.AbstractEventLoop, _Watch] = {}
 _watches_lock = threading.Lock()  # protects _watches (several servers, several threads)
 
 
-def _watch() -> _Watch:
-    loop = asyncio.get_running_loop()
-    w = _watches.get(loop)
-    if w is None:
-        with _watches_lock:
-            for old in [lp for lp in _watches if lp.is_closed()]:
-                del _watches[old]
-            w = _watches[loop] = _Watch(loop)
+def _new_watch(loop: asyncio.AbstractEventLoop) -> _Watch:
+    with _watches_lock:
+        for old in [lp for lp in _watches if lp.is_closed()]:
+            del _watches[old]
+        w = _watches[loop] = _Watch(loop)
     return w
-
-
-class _Reader:
-    """Reads the request ahead of the app, to hear a disconnect while the app works.
-
-    Reading starts ``_WATCH_AFTER`` seconds into the request (see ``_Watch``), or when
-    the app first calls ``receive``, whichever is first: most requests are over before
-    that and never pay for a task.
-    """
-
-    __slots__ = ("__weakref__", "_buf", "_buffered", "_more", "_parent", "_receive", "_room",
-                 "_watch", "disconnected", "on_gone", "task")  # fmt: skip
-
-    def __init__(self, receive: Receive, on_gone: Callable[[], None], parent: Context) -> None:
-        self._receive = receive
-        self._parent = parent
-        self.on_gone = on_gone
-        self._buf: deque[Message] = deque()
-        self._buffered = 0
-        self._more: asyncio.Event | None = None  # set when _buf has a message or the client left
-        self._room: asyncio.Event | None = None  # set while fewer than _READ_AHEAD bytes wait
-        self.disconnected = False
-        self.task: asyncio.Task[None] | None = None
-        self._watch = _watch()
-        self._watch.add(self)
-
-    def start(self) -> None:
-        if self.task is None:
-            self._watch.waiting.pop(self, None)
-            self._more = asyncio.Event()
-            self._room = asyncio.Event()
-            self._room.set()
-            # The task calls the server's receive, which may register event-loop
-            # callbacks (resume_reading -> add_reader) that copy the current context:
-            # start it under the server's context, not the request's (see _outside).
-            prev = _current.get(_BACKGROUND)
-            _current.set(self._parent)
-            try:
-                self.task = self._watch.loop.create_task(self._pump())
-            finally:
-                _current.set(prev)
-
-    async def stop(self) -> None:
-        """Stop reading (the response is over); wait until the task has finished."""
-        task = self.task
-        if task is None:
-            self._watch.waiting.pop(self, None)
-            return
-        task.cancel()
-        await asyncio.wait((task,))
-        if not task.cancelled() and task.exception() is not None:
-            # the server's receive failed: not the app's business, nor ours
-            log.debug("receive failed", exc_info=task.exception())
-
-    async def _pump(self) -> None:
-        more, room = self._more, self._room
-        assert more is not None
-        assert room is not None
-        while True:
-            await room.wait()
-            msg = await self._receive()
-            if msg.get("type") == "http.disconnect":
-                self.disconnected = True
-                more.set()
-                self.on_gone()
-                return
-            self._buf.append(msg)
-            self._buffered += len(msg.get("body", b""))
-            if self._buffered >= _READ_AHEAD:
-                room.clear()
-            more.set()
-
-    async def __call__(self) -> Message:
-        if self.task is None:
-            self.start()
-        more, room = self._more, self._room
-        assert more is not None
-        assert room is not None
-        while not self._buf:
-            if self.disconnected:
-                return {"type": "http.disconnect"}
-            more.clear()
-            await more.wait()
-        msg = self._buf.popleft()
-        self._buffered -= len(msg.get("body", b""))
-        if self._buffered < _READ_AHEAD:
-            room.set()
-        return msg
 
 
 def _plain(status: int, rid: str, text: str) -> tuple[Message, Message]:
@@ -269,28 +173,42 @@ def _plain(status: int, rid: str, text: str) -> tuple[Message, Message]:
 
 
 class _Exchange:
-    """One HTTP request's state, seen by the wrapped ``send`` and the disconnect hook."""
+    """One HTTP request: the ``send`` and ``receive`` the app sees, and the disconnect watch.
 
-    __slots__ = ("cancel", "cancelling", "ctx", "finished", "interrupted", "parent", "rid",
-                 "rid_b", "started", "status", "t0", "task", "_send")  # fmt: skip
+    ``receive`` reads the request ahead of the app, to hear a disconnect while the app
+    works. Reading starts ``_WATCH_AFTER`` seconds into the request (see ``_Watch``), or
+    when the app first calls ``receive``, whichever is first: most requests are over
+    before that and never pay for a task.
+    """
 
-    def __init__(
-        self, ctx: Context, cancel: Callable[..., None], send: Send, parent: Context
+    __slots__ = ("__weakref__", "_buf", "_buffered", "_more", "_receive", "_room", "_send",
+                 "cancel", "cancelling", "ctx", "disconnected", "finished", "interrupted",
+                 "parent", "pump", "rid", "started", "status", "t0", "task", "watch")  # fmt: skip
+
+    def __init__(  # noqa: PLR0917 - one call site, in the hot path
+        self,
+        ctx: Context,
+        cancel: Callable[..., None],
+        receive: Receive,
+        send: Send,
+        parent: Context,
+        watch: _Watch,
+        t0: float,
     ) -> None:
         self.ctx = ctx
-        self.parent = parent
         self.cancel = cancel
+        self._receive = receive
         self._send = send
-        rid: str = ctx.value(REQUEST_ID)  # type: ignore[assignment]
-        self.rid = rid
-        self.rid_b = rid.encode()
-        self.started = False
-        self.finished = False
-        self.status = 0
-        self.t0 = time.monotonic()
+        self.parent = parent
+        self.watch = watch
+        self.t0 = t0  # loop time
+        self.rid: str = ctx._values[REQUEST_ID]
+        self.started = self.finished = self.disconnected = self.interrupted = False
+        self.status = self.cancelling = 0
         self.task: asyncio.Task[Any] | None = None  # set when gone() must interrupt it
-        self.cancelling = 0
-        self.interrupted = False
+        self.pump: asyncio.Task[None] | None = None  # reading ahead of the app
+
+    # -- the disconnect watch -----------------------------------------------------------
 
     def gone(self) -> None:
         if self.finished:
@@ -300,6 +218,67 @@ class _Exchange:
         if task is not None and not self.interrupted:
             self.interrupted = True
             task.cancel()
+
+    def start(self) -> None:
+        if self.pump is None:
+            self.watch.waiting.pop(self, None)
+            self._buf: deque[Message] = deque()
+            self._buffered = 0
+            self._more = asyncio.Event()  # set when _buf has a message or the client left
+            self._room = asyncio.Event()  # set while fewer than _READ_AHEAD bytes wait
+            self._room.set()
+            # The task calls the server's receive, which may register event-loop
+            # callbacks (resume_reading -> add_reader) that copy the current context:
+            # start it under the server's context, not the request's (see send).
+            prev = _current.get(_BACKGROUND)
+            _current.set(self.parent)
+            try:
+                self.pump = self.watch.loop.create_task(self._read_ahead())
+            finally:
+                _current.set(prev)
+
+    async def stop(self) -> None:
+        """Stop reading (the response is over); wait until the task has finished."""
+        task = self.pump
+        assert task is not None
+        task.cancel()
+        await asyncio.wait((task,))
+        if not task.cancelled() and task.exception() is not None:
+            # the server's receive failed: not the app's business, nor ours
+            log.debug("receive failed", exc_info=task.exception())
+
+    async def _read_ahead(self) -> None:
+        more, room = self._more, self._room
+        while True:
+            await room.wait()
+            msg = await self._receive()
+            if msg.get("type") == "http.disconnect":
+                self.disconnected = True
+                more.set()
+                self.gone()
+                return
+            self._buf.append(msg)
+            self._buffered += len(msg.get("body", b""))
+            if self._buffered >= _READ_AHEAD:
+                room.clear()
+            more.set()
+
+    # -- what the app calls -------------------------------------------------------------
+
+    async def receive(self) -> Message:
+        if self.pump is None:
+            self.start()
+        more, room = self._more, self._room
+        while not self._buf:
+            if self.disconnected:
+                return {"type": "http.disconnect"}
+            more.clear()
+            await more.wait()
+        msg = self._buf.popleft()
+        self._buffered -= len(msg.get("body", b""))
+        if self._buffered < _READ_AHEAD:
+            room.set()
+        return msg
 
     async def send(self, message: Message) -> None:
         t = message["type"]
@@ -311,7 +290,7 @@ class _Exchange:
                 if k.lower() == b"x-request-id":
                     break
             else:
-                headers.append((b"x-request-id", self.rid_b))
+                headers.append((b"x-request-id", self.rid.encode()))
             message = {**message, "headers": headers}
         elif t == "http.response.body" and not message.get("more_body", False):
             self.finished = True
@@ -326,7 +305,7 @@ class _Exchange:
 
     def log_499(self, scope: Scope) -> None:
         _events.client_disconnected("asgi")
-        ms = (time.monotonic() - self.t0) * 1e3
+        ms = (self.watch.loop.time() - self.t0) * 1e3
         log.info('%s %s 499 client disconnected after %.1f ms (request id %s)',
                  scope.get("method", ""), scope.get("path", ""), ms, self.rid)  # fmt: skip
 
@@ -373,44 +352,56 @@ class ContextMiddleware:
             await self.app(scope, receive, send)
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        pol = propagation._resolve(self._policy)
+        policy = self._policy
+        pol = policy if type(policy) is Policy else propagation._resolve(policy)
         client = scope.get("client")
-        peer = client[0] if client else None
-        parent = current()
-        req = propagation.extract(parent, scope.get("headers") or (), peer=peer, policy=pol)
+        parent = _current.get(_BACKGROUND)
+        req = propagation.extract(
+            parent, scope.get("headers") or (), peer=client[0] if client else None, policy=pol
+        )
         ctx, cancel = req
         state = scope.get("state")
         if state is None:
             state = scope["state"] = {}
         state[STATE_KEY] = ctx
-        r = _Exchange(ctx, cancel, send, parent)
-        if ctx.err() is not None:  # born ended (a "0n" budget, or the server stopping)
+        loop = _get_running_loop()
+        w = _watches.get(loop) or _new_watch(loop)
+        t0 = loop.time()
+        r = _Exchange(ctx, cancel, receive, send, parent, w, t0)
+        err = ctx._err
+        if err is not None:  # born ended (a "0n" budget, or the server stopping)
             cancel()
-            await self._refuse(scope, send, ctx.err(), r.rid, r.t0)  # type: ignore[arg-type]
+            await self._refuse(scope, send, err, r)
             return
-        reader = _Reader(receive, r.gone, parent)
+        # listen for a disconnect from _WATCH_AFTER on (_Watch.tick), unless over by then
+        w.waiting[r] = t0
+        if w.handle is None:
+            w.handle = loop.call_at(t0 + _WATCH_AFTER, w.tick)
         try:
-            if parent is _BACKGROUND and ctx.deadline() is None:
+            if parent is _BACKGROUND and ctx._deadline is None:
                 # Nothing but a disconnect can end this context while the app runs (no
-                # deadline, nobody else holds its cancel): a plain `with` makes it
-                # current, and r.gone() interrupts the task itself. That saves the
-                # core's interrupter registration (~3 µs) on the commonest request.
-                task = r.task = asyncio.current_task()
+                # deadline, nobody else holds its cancel): making it current is enough,
+                # and r.gone() interrupts the task itself. That saves the core's
+                # interrupter registration (`async with`) on the commonest request.
+                task = r.task = _current_task(loop)
                 assert task is not None
                 r.cancelling = task.cancelling()
+                _current.set(ctx)
                 try:
-                    with req:
-                        await self.app(scope, reader, r.send)
+                    await self.app(scope, r.receive, r.send)
                 except asyncio.CancelledError:
                     if not r.interrupted or task.uncancel() > r.cancelling:
                         raise
                     r.interrupted = False
                     r.log_499(scope)
+                finally:
+                    _current.set(parent)
+                    cancel()
             else:
                 async with req:
-                    await self.app(scope, reader, r.send)
+                    await self.app(scope, r.receive, r.send)
         except ContextError as e:
-            err = ctx.err()
+            err = ctx._err
             if err is None:
                 # Not ended, but a call refused below policy.floor is the request's own
                 # deadline arriving: its DeadlineExceeded is ours too.
@@ -426,37 +417,40 @@ class ContextMiddleware:
             elif (
                 isinstance(e, DeadlineExceeded)
                 and not isinstance(err, DeadlineExceeded)
-                and not reader.disconnected
+                and not r.disconnected
             ):
                 raise  # the handler's own deadline while the request was cancelled
-            if reader.disconnected and isinstance(err, Canceled):
+            if r.disconnected and isinstance(err, Canceled):
                 r.log_499(scope)
                 return
             if r.started:
                 if isinstance(err, DeadlineExceeded):
                     _events.budget_exhausted("asgi_response")
-                ms = (time.monotonic() - r.t0) * 1e3
+                ms = (loop.time() - t0) * 1e3
                 log.warning('%s %s %d aborted after %.1f ms: %s (request id %s)',
                             scope.get("method", ""), scope.get("path", ""), r.status, ms, err,
                             r.rid)  # fmt: skip
                 return
-            await self._refuse(scope, send, err, r.rid, r.t0)
+            await self._refuse(scope, send, err, r)
         finally:
             if r.interrupted and r.task is not None:  # the app swallowed our interruption
                 r.task.uncancel()
-            await reader.stop()
+            if r.pump is None:
+                w.waiting.pop(r, None)
+            else:
+                await r.stop()
 
     @staticmethod
-    async def _refuse(scope: Scope, send: Send, err: ContextError, rid: str, t0: float) -> None:
+    async def _refuse(scope: Scope, send: Send, err: ContextError, r: _Exchange) -> None:
         if isinstance(err, DeadlineExceeded):
             _events.budget_exhausted("asgi")
             code, text = 504, "504 Gateway Timeout: the request's deadline passed\n"
         else:
             code, text = 503, "503 Service Unavailable: the request was cancelled\n"
-        ms = (time.monotonic() - t0) * 1e3
+        ms = (r.watch.loop.time() - r.t0) * 1e3
         log.info('%s %s %d after %.1f ms: %s (request id %s)', scope.get("method", ""),
-                 scope.get("path", ""), code, ms, err, rid)  # fmt: skip
-        start, body = _plain(code, rid, text)
+                 scope.get("path", ""), code, ms, err, r.rid)  # fmt: skip
+        start, body = _plain(code, r.rid, text)
         await send(start)
         await send(body)
 
