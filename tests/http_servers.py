@@ -118,8 +118,18 @@ def serve(
 
         def stop() -> None:
             wsgi_server.task_dispatcher.shutdown(timeout=10)  # joins its worker threads
+            # Stop the asyncore loop before closing what it selects on: a socket closed
+            # under a running select() makes it raise EBADF in the server thread. The loop
+            # runs while its map has entries; empty it, wake the select, wait for the loop.
+            leftover = dict(wsgi_server._map)
+            wsgi_server._map.clear()
+            wsgi_server.pull_trigger()
+            thread.join(20)
             wsgi_server.close()
-            wsgi_server._map.clear()  # the asyncore loop runs while its map has entries
+            for disp in leftover.values():  # connections still open when the server stopped
+                if disp is not wsgi_server and disp is not wsgi_server.trigger:
+                    with contextlib.suppress(OSError):
+                        disp.close()
 
     else:
         raise ValueError(kind)
