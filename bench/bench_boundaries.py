@@ -15,6 +15,13 @@ Rows (issue 9's speed targets):
 - B3m the same three apps called in-process (no server, no sockets), µs per request,
       without and with a budget and request id: the middleware's own cost, free of B3's
       loopback and scheduling noise (no target; B3's 5 % of uvicorn's ~70 µs is ~3.5 µs)
+- B3i the same three apps, and one whose middleware only forwards the call and wraps
+      ``send`` (what any such layer costs), under a real uvicorn (httptools) server
+      run by callgrind: machine instructions the *server process* spends per request
+      (all of it: parsing, the event loop, Starlette, the middleware), without and with
+      a budget and request id. Instructions do not depend on the machine's load, so the
+      5 % question B3 cannot resolve on a shared machine is answered here; ratio =
+      with / bare (``--instr``; needs valgrind)                          target <= 1.05
 - B4  cancellation latency, client disconnect -> the leaf's context ended, across three
       hops (edge -> middle -> leaf, uvicorn httptools, httpx ``AsyncContextTransport``
       between them); the client disconnects 100 ms after sending (the leaf is waiting by
@@ -33,6 +40,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import socket
 import ssl
 import statistics
@@ -242,6 +250,85 @@ def b3m(n: int, rounds: int) -> dict[str, dict[str, float]]:
     return asyncio.run(main())
 
 
+# ---------------------------------------------------------------------------- B3i
+
+_REQ_PLAIN = b"GET / HTTP/1.1\r\nhost: svc\r\nuser-agent: bench\r\naccept: */*\r\n\r\n"
+_REQ_BUDGET = (b"GET / HTTP/1.1\r\nhost: svc\r\nuser-agent: bench\r\naccept: */*\r\n"
+               b"x-request-timeout: 2S\r\nx-request-id: " + uuid.UUID(int=7, version=4).hex.encode()
+               + b"\r\n\r\n")  # fmt: skip
+
+
+def _send_requests(port: int, plan: list[tuple[bytes, int]]) -> None:
+    """Send the requests of ``plan`` one after the other on one keep-alive connection,
+    each answered before the next is sent (as a client waiting on its answer would)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=120) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for req, count in plan:
+            for _ in range(count):
+                s.sendall(req)
+                buf = b""
+                while not buf.endswith(b"hello"):  # the body of the app's only answer
+                    chunk = s.recv(4096)
+                    if not chunk:
+                        raise RuntimeError("B3i: the server closed the connection")
+                    buf += chunk
+                if not buf.startswith(b"HTTP/1.1 200"):
+                    raise RuntimeError(f"B3i: unexpected answer {buf[:60]!r}")
+
+
+def _callgrind_server(variant: str, plan: list[tuple[bytes, int]], out_dir: Path) -> int:
+    """Instructions the uvicorn server process executed, start to exit, serving ``plan``."""
+    with free_socket() as s:
+        port = s.getsockname()[1]
+    out = out_dir / f"cg.{variant}.{sum(c for _, c in plan)}.{len(list(out_dir.iterdir()))}"
+    cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+           sys.executable, "-m", "uvicorn", "--factory", f"{APP_MODULE}:{variant}",
+           "--host", "127.0.0.1", "--port", str(port), "--http", "httptools",
+           "--loop", "asyncio", "--log-level", "warning", "--no-access-log",
+           "--lifespan", "off", "--app-dir", str(ROOT / "bench")]  # fmt: skip
+    # One hash seed: dict and set layouts, hence instruction counts, repeat run to run.
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "PYTHONHASHSEED": "0"}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(3000):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"B3i: uvicorn exited with {proc.returncode}") from None
+                time.sleep(0.05)
+        _send_requests(port, plan)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(120)
+    m = re.search(r"^totals:\s+(\d+)", out.read_text(), re.M)
+    if not m:
+        raise RuntimeError(f"B3i: no totals in {out}")
+    return int(m.group(1))
+
+
+def b3i(small: int, big: int) -> dict[str, dict[str, float]]:
+    """Server instructions per request, plain and with a budget, for each app: three
+    server runs per app (``small`` of each kind; ``big`` plain; ``big`` with a budget),
+    so start-up, warm-up and shutdown cancel out of the differences."""
+    import tempfile
+
+    out: dict[str, dict[str, float]] = {"plain": {}, "budget": {}}
+    with tempfile.TemporaryDirectory(prefix="tether-b3i-") as d:
+        for variant in ("bare", "tether", "correlation", "passthrough"):
+            base = _callgrind_server(variant, [(_REQ_PLAIN, small), (_REQ_BUDGET, small)], Path(d))
+            more_plain = _callgrind_server(
+                variant, [(_REQ_PLAIN, big), (_REQ_BUDGET, small)], Path(d)
+            )
+            more_budget = _callgrind_server(
+                variant, [(_REQ_PLAIN, small), (_REQ_BUDGET, big)], Path(d)
+            )
+            out["plain"][variant] = (more_plain - base) / (big - small)
+            out["budget"][variant] = (more_budget - base) / (big - small)
+    return out
+
+
 # ---------------------------------------------------------------------------- B4
 
 
@@ -344,6 +431,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="a smoke run: small and short")
     ap.add_argument("--json", type=Path, help="also write the rows as JSON here")
     ap.add_argument("--skip-http", action="store_true", help="only B1/B2 (no servers)")
+    ap.add_argument("--instr", action="store_true", help="also B3i (callgrind; minutes)")
     args = ap.parse_args()
     q = args.quick
     n, reps = (2_000, 3) if q else (100_000, 7)
@@ -379,6 +467,14 @@ def main() -> None:
                          "runs": r["runs"], "target": 0.95})  # fmt: skip
         else:
             print("B3 skipped: wrk is not installed (apt-get install wrk)")
+        if args.instr:
+            if shutil.which("valgrind"):
+                ri = b3i(*((20, 120) if q else (200, 1200)))
+                rows.append({"id": "B3i", "what": "server instructions/request",
+                             "tether": ri["plain"]["tether"], "plain": ri["plain"],
+                             "budget": ri["budget"], "target": 1.05})  # fmt: skip
+            else:
+                print("B3i skipped: valgrind is not installed (apt-get install valgrind)")
         r4 = b4(20 if q else 200)
         rows.append({"id": "B4", "what": "disconnect -> leaf ended, 3 hops, ms",
                      "tether": r4["p99"] * 1e3, "p50": r4["p50"] * 1e3, "p99": r4["p99"] * 1e3,
@@ -402,6 +498,16 @@ def main() -> None:
                     f"and an id: {bu['bare']:.1f} / {bu['tether']:.1f} / "
                     f"{bu['correlation']:.1f} us "
                     f"(tether +{bu['tether'] - bu['bare']:.1f})")  # fmt: skip
+        elif rid == "B3i":
+            parts = []
+            for h in ("plain", "budget"):
+                x = row[h]
+                bare, tet, cor = x["bare"], x["tether"], x["correlation"]
+                pas = x["passthrough"]
+                parts.append(f"{h}: bare {bare:,.0f}, tether {tet:,.0f} ({tet / bare:.3f}x), "
+                             f"asgi-correlation-id {cor:,.0f} ({cor / bare:.3f}x), "
+                             f"pass-through middleware {pas:,.0f} ({pas / bare:.3f}x)")  # fmt: skip
+            line = "; ".join(parts) + "; target <= 1.05x"
         elif rid == "B3":
             line = (f"bare {row['bare']:.0f} req/s, tether {row['tether']:.0f} "
                     f"(ratio {row['ratio']:.3f}, median-of-rounds {row['median_ratio']:.3f}), "
