@@ -113,7 +113,11 @@ Waiter = Any
 _LOCK = threading.RLock()
 # How many times this thread holds _LOCK: non-zero before taking it means this thread is
 # already inside a critical section (a finalizer or signal handler re-entered it).
-_rc = _LOCK._recursion_count  # type: ignore[attr-defined]
+# RLock._recursion_count came with CPython 3.11.6; before it (Debian 12 ships 3.11.2)
+# _is_owned, also C, says the same with True for "one or more". Every caller only tests
+# it for zero, or releases while it is above a zero it read before taking the lock, so
+# the two are interchangeable (tests/test_faults.py runs with either).
+_rc: Callable[[], int] = getattr(_LOCK, "_recursion_count", None) or _LOCK._is_owned  # type: ignore[attr-defined]
 _deferred: deque[Callable[[], object]] = deque()  # work of re-entrant calls, run on leave
 _new = object.__new__
 _NO_VALUES: dict[Hashable, Any] = {}  # the values of a context without any; never written
