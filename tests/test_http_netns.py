@@ -13,7 +13,7 @@ passing it on, in order. ``TETHER_NETNS_DELAY=netem|relay`` forces one (default:
 if the qdisc exists, else relay). docs/design.md 7.7 has the why.
 
 What it shows: a budget does not count the time it spends on the wire (it is relative,
-by design: docs/design.md 4.1), so a hop's deadline lands one link's latency minus
+by design: docs/design.md 7.1), so a hop's deadline lands one link's latency minus
 ``policy.margin`` later than its caller's; with a margin that covers the link, no
 downstream deadline is later than its caller's. The budgets themselves shrink hop by
 hop by at least the margin. It also measures each link's round trip (GET /ping).
