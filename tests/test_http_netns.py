@@ -18,10 +18,10 @@ by design: docs/design.md 7.1), so a hop's deadline lands one link's latency min
 downstream deadline is later than its caller's. The budgets themselves shrink hop by
 hop by at least the margin. It also measures each link's round trip (GET /ping).
 
-Needs root, ``ip netns``, veth and ``setpriv`` (util-linux); skips with the reason
-otherwise. Runs are serialized by a lock file; the run that takes it first deletes what
-a killed run left (namespaces ``tthn-*``, root-namespace links ``tthn*``). Children get
-SIGTERM when this process dies (``setpriv --pdeathsig``).
+Needs root, ``ip netns``, veth, ``setpriv`` (util-linux) and ``sysctl`` (procps); skips
+with the reason otherwise. Runs are serialized by a lock file; the run that takes it
+first deletes what a killed run left (namespaces ``tthn-*``, root-namespace links
+``tthn*``). Children get SIGTERM when this process dies (``setpriv --pdeathsig``).
 """
 
 from __future__ import annotations
@@ -128,9 +128,9 @@ def delay_mode() -> Iterator[str]:
     """Take the lock, sweep, and decide how links are delayed: 'netem' or 'relay'."""
     if os.geteuid() != 0:
         pytest.skip("needs root for ip netns")
-    missing = [t for t in ("ip", "tc", "setpriv") if not shutil.which(t)]
+    missing = [t for t in ("ip", "tc", "ss", "setpriv", "sysctl") if not shutil.which(t)]
     if missing:
-        pytest.skip(f"needs {', '.join(missing)} (iproute2, util-linux)")
+        pytest.skip(f"needs {', '.join(missing)} (iproute2, util-linux, procps)")
     with open(LOCK, "a") as lock:
         end = time.monotonic() + 60
         while True:
