@@ -284,6 +284,30 @@ def test_repr_shows_lineage_and_state():
     cancel2()
 
 
+def test_repr_shows_the_values_an_inbound_context_carries_in_its_own_node():
+    from tether import propagation
+
+    tenant = tether.Key[str]("tenant")
+    policy = propagation.Policy(trusted=("127.0.0.0/8",), identity=(("x-tenant", tenant),))
+    headers = [(b"x-request-timeout", b"2S"), (b"x-tenant", b"acme")]
+    ctx, cancel = propagation.extract(tether.background(), headers, peer="127.0.0.1", policy=policy)
+    r = repr(ctx)
+    assert r.startswith("<tether.Context background.with_deadline(in ")
+    assert r.endswith("+values(request_id, tenant) [live]>")
+    inner, cancel2 = propagation.extract(ctx, [])  # a fresh request id, the tenant kept
+    assert repr(inner).endswith(
+        "+values(request_id, tenant).with_cancel+values(request_id) [live]>"
+    )
+    timed, cancel3 = tether.with_timeout(inner, 1)  # shares its parent's values: none shown
+    r = repr(timed)
+    assert r.endswith(" [live]>")
+    assert ".with_cancel+values(request_id).with_deadline(in " in r
+    assert r.count("+values") == 2  # the deadline node adds none of its own
+    cancel3()
+    cancel2()
+    cancel()
+
+
 def test_repr_of_a_deep_chain_stays_short():
     ctx = tether.background()
     for i in range(200):

@@ -425,11 +425,19 @@ class Context:
         kind = self._kind
         if kind == "with_value":
             label = self._label
-            return f"with_value({label.name if type(label) is Key else repr(label)[:40]})"
+            return f"with_value({_key_name(label)})"
         if kind == "with_deadline" and self._c is None and self._err is None:
             d = self._deadline
             assert d is not None
-            return f"with_deadline(in {d - _clock.now():.3g}s)"
+            kind = f"with_deadline(in {d - _clock.now():.3g}s)"
+        parent = self._parent
+        if parent is not None and self._values is not parent._values:
+            # an owner made with values of its own (an inbound request's, a message's)
+            pv, missing = parent._values, object()
+            new = [_key_name(k) for k, v in self._values.items() if pv.get(k, missing) is not v]
+            if new:
+                more = f", +{len(new) - 3}" if len(new) > 3 else ""
+                kind += f"+values({', '.join(new[:3])}{more})"
         return kind
 
     def __copy__(self) -> Context:
@@ -443,6 +451,10 @@ class Context:
             "tether: a Context cannot be pickled; send its remaining() budget across the "
             "process boundary and derive a new context there"
         )
+
+
+def _key_name(key: object) -> str:
+    return key.name if type(key) is Key else repr(key)[:40]
 
 
 def _fresh_error(c: Context) -> ContextError:
