@@ -451,3 +451,39 @@ def test_disconnect_while_the_app_reads_a_slow_upload(seen, url):
     t, _err, cause = seen.get("wait.interrupted")
     assert isinstance(cause, ClientDisconnected)
     assert t - t_close < 1.0
+
+
+@pytest.mark.parametrize("kind", ["uvicorn-h11", "uvicorn-httptools"])
+def test_uvicorn_access_line_is_tagged_with_the_request_id(kind):
+    """uvicorn logs its access line from inside the app's ``send`` of the response start,
+    which runs with the request's context current: ``ContextFilter`` tags it."""
+    from tether.integrations.stdlib_logging import ContextFilter
+
+    async def hello(request):
+        return PlainTextResponse("hi")
+
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    handler = Keep()
+    handler.addFilter(ContextFilter(missing="-"))
+    app = Starlette(routes=[Route("/", hello)])
+    app.add_middleware(ContextMiddleware)
+    rid = uuid.uuid4().hex
+    access = logging.getLogger("uvicorn.access")
+    with serve(app, kind) as url:
+        level = access.level
+        access.addHandler(handler)  # uvicorn checks for handlers per connection
+        access.setLevel(logging.INFO)
+        try:
+            with httpx.Client() as client:
+                first = client.get(url + "/", headers={"x-request-id": rid})
+                second = client.get(url + "/")  # the same keep-alive connection
+        finally:
+            access.removeHandler(handler)
+            access.setLevel(level)
+    assert first.headers["x-request-id"] == rid
+    assert [r.request_id for r in records] == [rid, second.headers["x-request-id"]]

@@ -291,8 +291,11 @@ class _Exchange:
                     break
             else:
                 headers.append((b"x-request-id", self.rid.encode()))
-            message = {**message, "headers": headers}
-        elif t == "http.response.body" and not message.get("more_body", False):
+            # For the response start the servers only write or buffer (uvicorn also logs its
+            # access line, which then sees the request's context): no switch needed below.
+            await self._send({**message, "headers": headers})
+            return
+        if t == "http.response.body" and not message.get("more_body", False):
             self.finished = True
         # The server's send may start the next request of the connection (or register
         # callbacks that will): it must not run with this request as current().
