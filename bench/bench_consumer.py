@@ -1,6 +1,8 @@
 """Consumer throughput on Redis Streams: tether's Consumer vs a hand-written loop.
 
-Run: ``python bench/bench_consumer.py [--quick] [--json PATH] [--url redis://...]``
+Run: ``python bench/bench_consumer.py [--quick] [--json PATH] [--url redis://...]
+[--only Q1,Q2,Q3]``, or ``--instr [--base-src OTHER/src]`` for row Q1 in instructions
+per message (callgrind; steady where msg/s is not).
 
 Both sides consume the same number of entries from a fresh stream through a consumer
 group on the same Redis, with a no-op coroutine handler, interleaved, several repeats;
@@ -26,6 +28,7 @@ import asyncio
 import json
 import platform
 import statistics
+import subprocess
 import sys
 import time
 import uuid
@@ -36,6 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 import tether
 from tether import lifecycle
+
+HERE = Path(__file__).resolve().parent
 
 
 async def fill(r: Any, stream: str, n: int) -> None:
@@ -55,12 +60,15 @@ def noop(ctx: Any, msg: Any) -> None:
     pass
 
 
-async def hand_loop(url: str, stream: str, n: int, threaded: bool) -> tuple[float, float]:
+async def hand_loop(
+    url: str, stream: str, n: int, threaded: bool, *, filled: bool = False
+) -> tuple[float, float]:
     import redis.asyncio as aioredis
 
     r = aioredis.Redis.from_url(url)
     try:
-        await fill(r, stream, n)
+        if not filled:
+            await fill(r, stream, n)
         done = 0
         t0, c0 = time.perf_counter(), time.process_time()
         while done < n:
@@ -81,14 +89,17 @@ async def hand_loop(url: str, stream: str, n: int, threaded: bool) -> tuple[floa
         await r.aclose()
 
 
-async def tether_consumer(url: str, stream: str, n: int, concurrency: int, threaded: bool) -> float:
+async def tether_consumer(
+    url: str, stream: str, n: int, concurrency: int, threaded: bool, *, filled: bool = False
+) -> tuple[float, float]:
     import redis.asyncio as aioredis
 
     from tether.integrations.redis_streams import RedisStreamSource
 
     r = aioredis.Redis.from_url(url)
     try:
-        await fill(r, stream, n)
+        if not filled:
+            await fill(r, stream, n)
         all_acked = asyncio.Event()
         acked = 0
 
@@ -118,7 +129,9 @@ async def tether_consumer(url: str, stream: str, n: int, concurrency: int, threa
         await r.aclose()
 
 
-async def measure(url: str, n: int, repeats: int) -> list[dict[str, Any]]:
+async def measure(
+    url: str, n: int, repeats: int, only: set[str] | None = None
+) -> list[dict[str, Any]]:
     rows = [
         ("Q1", "Consumer concurrency=1 vs XREADGROUP/XACK loop", 1, False, 0.80),
         ("Q2", "Consumer concurrency=8 vs XREADGROUP/XACK loop", 8, False, None),
@@ -126,6 +139,8 @@ async def measure(url: str, n: int, repeats: int) -> list[dict[str, Any]]:
     ]
     out = []
     for rid, what, conc, threaded, target in rows:
+        if only is not None and rid not in only:
+            continue
         ours: list[float] = []
         peer: list[float] = []
         ours_cpu: list[float] = []
@@ -169,6 +184,55 @@ async def measure(url: str, n: int, repeats: int) -> list[dict[str, Any]]:
     return out
 
 
+def _instructions(kind: str, n: int, src: str, url: str) -> float:
+    """Client instructions per message (callgrind: runs of n and 2n, difference / n)."""
+    import redis
+
+    counts = []
+    for k in (n, 2 * n):
+        # the stream is filled here, outside callgrind: only the consuming is counted
+        stream = f"bench.instr.{uuid.uuid4().hex[:8]}"
+        r = redis.Redis.from_url(url)
+        r.xgroup_create(stream, "g", id="0", mkstream=True)
+        for start in range(0, k, 1000):
+            p = r.pipeline(transaction=False)
+            for i in range(start, min(k, start + 1000)):
+                p.xadd(stream, {"n": str(i)})
+            p.execute()
+        r.close()
+        out = subprocess.run(
+            [
+                "valgrind",
+                "--tool=callgrind",
+                "--callgrind-out-file=/dev/null",
+                sys.executable,
+                str(HERE / "_consumer_instr.py"),
+                kind,
+                str(k),
+                stream,
+                src,
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=1800,
+        )
+        line = next(x for x in out.stderr.splitlines() if "Collected" in x)
+        counts.append(int(line.split()[-1]))
+    return (counts[1] - counts[0]) / n
+
+
+def instr_main(base_src: str | None, n: int, url: str) -> None:
+    """Row Q1 in instructions per message: tether (this tree, and ``base_src``), the loop."""
+    here = str(HERE.parent / "src")
+    t = _instructions("tether", n, here, url)
+    b = _instructions("tether", n, base_src, url) if base_src else float("nan")
+    p = _instructions("loop", n, here, url)
+    print(f"{'row':4} {'tether':>10} {'tether base':>12} {'loop':>10} {'loop/tether':>12}")
+    print(f"Q1   {t:10,.0f} {b:12,.0f} {p:10,.0f} {p / t:12.2f}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="a smoke run: few messages")
@@ -176,14 +240,24 @@ def main() -> None:
     ap.add_argument("--url", default="redis://127.0.0.1:6379/0")
     ap.add_argument("--messages", type=int, default=None)
     ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--only", default="Q1,Q2,Q3", help="rows to run, comma-separated")
+    ap.add_argument(
+        "--instr",
+        action="store_true",
+        help="row Q1 in client instructions per message (callgrind), then exit",
+    )
+    ap.add_argument("--base-src", help="with --instr: another tree's src/ to count too")
     a = ap.parse_args()
+    if a.instr:
+        instr_main(a.base_src, a.messages or (1_000 if a.quick else 4_000), a.url)
+        return
     n = a.messages or (500 if a.quick else 20_000)
     repeats = a.repeats or (1 if a.quick else 7)
     print(
         f"bench_consumer: {n} messages x {repeats} repeats, Python "
         f"{platform.python_version()}, {platform.machine()}, Redis at {a.url}"
     )
-    rows = asyncio.run(measure(a.url, n, repeats))
+    rows = asyncio.run(measure(a.url, n, repeats, set(a.only.split(","))))
     print("Summary")
     for r in rows:
         print(f"  {r['id']}: ratio {r['ratio']:.2f}")

@@ -1027,18 +1027,22 @@ def _derive(
     deadline: float | None,
     expired: bool,
     dcause: BaseException | None,
+    *,
+    values: dict[Hashable, Any] | None = None,
 ) -> Scope:
     """Make an owning child of ``parent``; return the (ctx, cancel) scope.
 
     ``deadline`` is the child's own (``None``: none); ``expired`` says it already
-    passed (the caller knows it without reading the clock twice).
+    passed (the caller knows it without reading the clock twice). ``values``, when
+    given, is the child's whole value mapping (``parent._values`` plus its own, never
+    mutated afterwards): one node instead of a ``with_value`` under it.
     """
     if type(parent) is not Context:
         _owner(parent)  # raises the right error
     p = parent._c or parent
     c: Context = _new(Context)
     c._c = None  # an owner: see the module docstring
-    c._values = parent._values
+    c._values = parent._values if values is None else values
     c._parent = parent
     c._kind = kind
     c._err = None
@@ -1606,6 +1610,24 @@ def with_timeout(
     if cause is not None:
         cause = _cause_arg(cause)
     return _derive(parent, "with_deadline", d, s <= 0, cause)  # type: ignore[operator]
+
+
+def _derive_values(parent: Context, seconds: float | None, values: dict[Hashable, Any]) -> Scope:
+    """``with_timeout(with_value(parent, ...), seconds)`` as one owning node (internal).
+
+    For the one-context-per-item pattern (a consumer's message, a job): ``values`` is the
+    child's whole mapping (``parent._values`` plus the item's own, e.g. ``REQUEST_ID``;
+    never mutated afterwards); ``seconds`` is a number already checked by the caller
+    (``None``: no deadline of its own, as ``with_cancel``). The creation site (for
+    ``LostCancelWarning`` and observers) is this function's caller, as for
+    ``with_timeout``. Non-blocking, thread-safe; raises what ``with_timeout`` raises
+    for a bad parent.
+    """
+    if seconds is None:
+        return _derive(parent, "with_cancel", None, False, None, values=values)
+    return _derive(
+        parent, "with_deadline", _clock.now() + seconds, seconds <= 0, None, values=values
+    )
 
 
 def with_value(parent: Context, key: Key[T] | Hashable, value: T | Any) -> Context:

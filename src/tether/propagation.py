@@ -689,15 +689,12 @@ def extract(
         if mx is not None and budget > mx and not pol.trusts(peer):
             budget = mx
         budget = max(budget, pol.min_timeout)
-    # One owning node carrying the values (with_value + with_cancel would make two): the
-    # node is new and nobody else holds it yet, so its values can be set after _derive.
+    # One owning node carrying the values (with_value + with_cancel would make two); an
+    # observer sees them at `created`.
     old = parent._values
     values = {**old, REQUEST_ID: rid if rid is not None else new_request_id()}
     if ident is not None:
         values.update(ident)
     if budget is None:
-        scope = _derive(parent, "with_cancel", None, False, None)
-    else:
-        scope = _derive(parent, "with_deadline", _clock.now() + budget, budget <= 0, None)
-    scope[0]._values = values
-    return scope
+        return _derive(parent, "with_cancel", None, False, None, values=values)
+    return _derive(parent, "with_deadline", _clock.now() + budget, budget <= 0, None, values=values)

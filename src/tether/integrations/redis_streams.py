@@ -256,8 +256,6 @@ class RedisStreamSource:
 
         It suspends only the calling task; it never blocks the event loop.
 
-        It suspends only the calling task; it never blocks the event loop.
-
         Added in 0.1.
         """
         if not messages:

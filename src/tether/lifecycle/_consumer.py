@@ -36,6 +36,7 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 from .._context import (
     Context,
     Scope,
+    _derive_values,
     after_func,
     cause,
     with_cancel,
@@ -426,6 +427,8 @@ class Consumer:
         self._n = _Counts()
         self._buffer: collections.deque[Message] = collections.deque()
         self._in_flight: dict[int, Message] = {}  # id(msg) -> msg, while its handler runs
+        # ... except a worker's first attempt without heartbeat, which only counts here
+        self._hot = 0
         self._started: dict[int, float] = {}  # id(msg) -> time.monotonic(), if heartbeat
         self._order: dict[Hashable, collections.deque[_Slot]] = {}
         self._slots: dict[int, _Slot] = {}
@@ -456,7 +459,7 @@ class Consumer:
             state=self._state,
             fetched=n.fetched,
             buffered=len(self._buffer),
-            in_flight=len(self._in_flight),
+            in_flight=len(self._in_flight) + self._hot,
             acked=n.acked,
             dead_lettered=n.dead_lettered,
             released=n.released,
@@ -524,7 +527,7 @@ class Consumer:
                 "consumer %s stopping (%s): %d in hand, %d buffered released",
                 self._name,
                 cause(ctx),
-                len(self._in_flight),
+                len(self._in_flight) + self._hot,
                 len(self._buffer),
                 extra={**extra, "event": "consumer_stopping"},
             )
@@ -539,7 +542,7 @@ class Consumer:
                 self._log.warning(
                     "consumer %s: %d messages still in hand after the grace; cancelling them",
                     self._name,
-                    len(self._in_flight),
+                    len(self._in_flight) + self._hot,
                     extra={**extra, "event": "consumer_grace_over"},
                 )
                 cancel_work(left)
@@ -655,6 +658,7 @@ class Consumer:
         assert root is not None
         buf = self._buffer
         work = with_value(work, WORKER, self._name)
+        wvals = work._values  # + REQUEST_ID: each message's context is one node
         # The hot path (a coroutine handler's first attempt) is inlined here: it runs
         # once per message, and each call, frame and lookup shows in the throughput.
         inflight, to_ack, acks_queued = self._in_flight, self._to_ack, self._acks_queued
@@ -682,12 +686,17 @@ class Consumer:
                     await self._process(work, m)
                     continue
                 key = id(m)
-                inflight[key] = m
-                if hb:
+                if hb:  # the heartbeat needs the message itself; stats() only a count
+                    inflight[key] = m
                     self._started[key] = time.monotonic()
+                else:
+                    self._hot += 1
                 try:  # the first attempt, under a fresh message context
-                    base = with_value(work, REQUEST_ID, m.id)
-                    with with_cancel(base) if to is None else with_timeout(base, to) as mc:
+                    # `with scope as mc:` spelled out (no Scope.__enter__/__exit__ frames):
+                    # one node carries the deadline and the values, and is current inside
+                    mc, cf = _derive_values(work, to, {**wvals, REQUEST_ID: m.id})
+                    cf._enter(0)
+                    try:
                         # Run the handler up to its first suspension here: most messages
                         # finish without one, and need no interrupter. One that suspends
                         # finishes inside `async with`, which interrupts it when mc ends.
@@ -695,30 +704,41 @@ class Consumer:
                         if type(coro) is not coroutine:  # another awaitable
                             await _resume_in_scope(mc, coro, _START)
                         else:
-                            try:
-                                step = coro.send(None)
-                            except StopIteration:
-                                pass
-                            else:
+                            # next() with a default: a return raises no StopIteration
+                            step = next(coro.__await__(), _RETURNED)
+                            if step is not _RETURNED:
                                 await _resume_in_scope(mc, coro, step)
+                    finally:
+                        cf._exit()
                 except Exception as e:
+                    if not hb:  # _process expects it in flight
+                        self._hot -= 1
+                        inflight[key] = m
                     await self._process(work, m, e)  # the retry policy takes over
                     continue
                 except BaseException:
-                    del inflight[key]
-                    self._started.pop(key, None)
+                    if hb:
+                        del inflight[key]
+                        del self._started[key]
+                    else:
+                        self._hot -= 1
                     await _shielded(self._settle(root, m, "released", None, None))
                     raise
-                del inflight[key]
                 if hb:
+                    del inflight[key]
                     del self._started[key]
+                else:
+                    self._hot -= 1
                 if self._closed:
                     await self._settle(root, m, "ack", None, None)  # logs it, acks nothing
                 elif ordered:
                     self._ordered_done(m, "ack")
                 else:
+                    # The event is set while the list is non-empty (the flusher clears
+                    # it only before taking the whole list): only the first append sets.
+                    if not to_ack:
+                        acks_queued.set()
                     to_ack.append(m)
-                    acks_queued.set()
             except Exception:  # a bug, or a broken logger: the worker must go on
                 self._log.exception(
                     "consumer %s: internal error processing message %s",
@@ -750,16 +770,14 @@ class Consumer:
                 )
                 outcome = "dead"
                 return
-            base = with_value(work, REQUEST_ID, m.id)
+            values = {**work._values, REQUEST_ID: m.id}  # never mutated: shared by attempts
             to = self._timeout
             attempt = 0 if first is None else 1
             while True:
                 if error is None:
                     attempt += 1
                     try:  # one call of the handler, under a fresh message context
-                        async with (
-                            with_cancel(base) if to is None else with_timeout(base, to)
-                        ) as mc:
+                        async with _derive_values(work, to, values) as mc:
                             if self._async:
                                 await self._handler(mc, m)  # type: ignore[misc]
                             else:
@@ -1060,6 +1078,7 @@ def _nothing() -> None:
 
 
 _START = object()  # _resume_in_scope: the awaitable has not started yet
+_RETURNED = object()  # Consumer._worker: the handler's coroutine returned at its first step
 
 
 async def _resume_in_scope(ctx: Context, coro: Any, step: Any) -> None:
