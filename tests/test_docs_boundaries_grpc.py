@@ -23,7 +23,8 @@ EXPECTED = {
     ],
     2: [
         r"handler interrupted: context deadline exceeded",
-        r"caller: context deadline exceeded after 0\.(2[5-9]|[3-9]\d) s",  # a busy machine
+        # up to 2 s on a busy machine
+        r"caller: context deadline exceeded after (0\.(2[5-9]|[3-9]\d)|1\.\d\d) s",
     ],
     3: [r"asked 60 s, got 2\.0\nafter the update: 0\.5\nfrom a trusted peer: (59\.9|60\.0|60\.1)"],
     4: [
