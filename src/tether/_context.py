@@ -834,9 +834,26 @@ def _cancel(
         _LOCK.acquire()
         mine = True
         if drop is not None:
-            _drop_waiter(c, drop)
+            if c._waiters is drop:  # _drop_waiter's common case (an `async with` exit)
+                c._waiters = None
+            else:
+                _drop_waiter(c, drop)
         if c._err is None:
-            _mark(c, err, cause)
+            if c._children is None and c._waiters is None and _observer is None:
+                # _mark's steps for a leaf with nothing to wake (a scope left normally):
+                # the same order, so that _finish completes an interrupted run
+                q = c._entry
+                if q is not None:
+                    q.disarm(c)
+                c._cause = cause
+                c._err = err
+                p = c._pnode
+                if p is not None:
+                    ch = p._children
+                    if ch is not None:
+                        ch.discard(c)
+            else:
+                _mark(c, err, cause)
         out = ended = None
         if _out or _ended:
             out, ended = _take()
