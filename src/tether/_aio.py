@@ -24,6 +24,7 @@ See docs/design.md section 12.
 from __future__ import annotations
 
 import math
+import sys
 import threading
 from asyncio import AbstractEventLoop, CancelledError, TimerHandle, current_task
 from asyncio.events import _get_running_loop
@@ -366,3 +367,6 @@ def _answered(task: Any, others: int) -> bool:
 # asyncio) into a helper here, two Python frames fewer per scope.
 _context.Scope.__aenter__ = scope_aenter  # type: ignore[method-assign,assignment]
 _context.Scope.__aexit__ = scope_aexit  # type: ignore[method-assign,assignment]
+# ...and the core reaches this module through its `_aio` global (CancelFunc._interrupt),
+# which `_load_aio` sets only when the core imports it: set it whoever imported it first.
+_context._aio = sys.modules[__name__]
