@@ -18,7 +18,10 @@ timer heap whose deadline passed (what the timer thread would have done), then r
 at the heap's next deadline while scopes are open. The heap entry stays: the timer thread
 still ends the context for threads and other loops if this loop is blocked; whichever
 pops a deadline first ends it. A FakeClock drives deadlines itself: nothing is armed.
-See docs/design.md section 12.
+See docs/design.md section 13.2.
+
+``async with scope`` runs this module's ``scope_aenter``/``scope_aexit``, installed on
+``Scope`` when the module is imported (design.md section 13.4).
 """
 
 from __future__ import annotations
