@@ -28,6 +28,7 @@ import argparse
 import asyncio
 import gc
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -263,11 +264,16 @@ async def main():
     t = asyncio.create_task(w(3600.0)); await asyncio.sleep(0); t.cancel()
     await asyncio.gather(t, return_exceptions=True)
     entered = 0
+    # a fresh future: cancelling the warm-up task cancelled the one it awaited, and tasks
+    # awaiting a cancelled future would unwind at once (measuring finished tasks)
+    never = loop.create_future()
     gc.collect()
     tracemalloc.start()
     base = tracemalloc.get_traced_memory()[0]
     tasks = [asyncio.create_task(w(3600.0 + i * 1e-3)) for i in range(n)]
     await all_in
+    await asyncio.sleep(0)
+    assert not any(t.done() for t in tasks), "tether: a task left its scope early"
     gc.collect()
     live = tracemalloc.get_traced_memory()[0]
     tracemalloc.stop()
@@ -330,6 +336,9 @@ def _instructions(row: str, kind: str, n: int, src: str) -> float:
             text=True,
             check=True,
             timeout=900,
+            # one hash seed for every run: set and dict layouts, hence the instructions
+            # of their operations, no longer vary from run to run
+            env={**os.environ, "PYTHONHASHSEED": "0"},
         )
         line = next(x for x in out.stderr.splitlines() if "Collected" in x)
         counts.append(int(line.split()[-1]))

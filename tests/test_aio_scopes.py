@@ -11,6 +11,9 @@ measuring lateness (that is ``bench/bench_aio.py``'s job).
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 
@@ -311,3 +314,32 @@ def test_an_ended_scope_never_converts_a_foreign_cancel_alone():
 
     asyncio.run(main())
     assert seen == [asyncio.CancelledError]
+
+
+def test_scopes_interrupt_whichever_module_imports_the_bridge_first():
+    # `async with` runs tether._aio's coroutines, installed on Scope when that module is
+    # imported; the core reaches the module through a global that must be set however it
+    # was imported (here directly, before any scope: a fresh interpreter).
+    code = textwrap.dedent(
+        """
+        import asyncio
+        from tether import _aio
+        import tether
+
+        async def main():
+            parent, cancel = tether.with_cancel(tether.background())
+            try:
+                async with tether.with_cancel(parent):
+                    cancel()
+                    await asyncio.sleep(5)
+            except tether.Canceled:
+                print("canceled")
+
+        asyncio.run(main())
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "canceled", out.stdout + out.stderr

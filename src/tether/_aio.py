@@ -18,12 +18,16 @@ timer heap whose deadline passed (what the timer thread would have done), then r
 at the heap's next deadline while scopes are open. The heap entry stays: the timer thread
 still ends the context for threads and other loops if this loop is blocked; whichever
 pops a deadline first ends it. A FakeClock drives deadlines itself: nothing is armed.
-See docs/design.md section 12.
+See docs/design.md section 13.2.
+
+``async with scope`` runs this module's ``scope_aenter``/``scope_aexit``, installed on
+``Scope`` when the module is imported (design.md section 13.4).
 """
 
 from __future__ import annotations
 
 import math
+import sys
 import threading
 from asyncio import AbstractEventLoop, CancelledError, TimerHandle, current_task
 from asyncio.events import _get_running_loop
@@ -31,20 +35,33 @@ from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 from . import _clock, _context
+from ._errors import Canceled
 
 if TYPE_CHECKING:
-    from ._context import CancelFunc, Context
+    from types import TracebackType
+
+    from ._context import Context, Scope
 
 _LOCK = _context._LOCK
 _rc = _context._rc
 _REAL_TIMERS = _context._REAL_TIMERS
 _TIMED = _context._TIMED
+_INTERRUPTED = _context._INTERRUPTED
+_EXITED = _context._EXITED
+_ENTERED_ASYNC = _context._ENTERED | _context._ASYNC
+_ASYNC = _context._ASYNC
+_current = _context._current
+_BACKGROUND = _context._BACKGROUND
+_cancel = _context._cancel
+_Canceled = Canceled
+_fresh_error = _context._fresh_error
+_deferred = _context._deferred  # one deque for the process's life
 
-__all__ = ["enter_scope", "exit_scope", "wait_done", "waker_for"]
+__all__ = ["scope_aenter", "scope_aexit", "wait_done", "waker_for"]
 
 
 class _Waker:
-    __slots__ = ("_lock", "_pending", "loop", "scopes", "timer", "timer_at")
+    __slots__ = ("_drain_cb", "_lock", "_pending", "loop", "scopes", "timer", "timer_at")
 
     def __init__(self, loop: AbstractEventLoop) -> None:
         self.loop = loop
@@ -58,6 +75,9 @@ class _Waker:
         # safe because each section reads and writes _pending with no call in between.
         self._lock = threading.RLock()
         self._pending: list[Any] | None = None  # None: no drain scheduled
+        # One bound method for the waker's life, not one per post (a cycle through the
+        # waker, collected with it; a waker lives as long as its loop's thread uses it)
+        self._drain_cb = self._drain
 
     def post(self, fn: Callable[[], object]) -> bool:
         """Run ``fn`` on the loop soon. Any thread; never blocks.
@@ -81,9 +101,9 @@ class _Waker:
             self._pending = fns
         try:
             if _get_running_loop() is loop:
-                loop.call_soon(self._drain)
+                loop.call_soon(self._drain_cb)
             else:
-                loop.call_soon_threadsafe(self._drain)
+                loop.call_soon_threadsafe(self._drain_cb)
         except RuntimeError:  # the loop is closed: nobody is left to wake
             with self._lock:
                 self._pending = None
@@ -140,11 +160,23 @@ scope_cancels: dict[Any, int] = {}
 group_cancels: dict[Any, int] = {}
 
 
+# The last (loop, waker) pair handed out, read without a lock (one immutable tuple): the
+# common case, one loop, skips the thread-local lookup (~500 instructions per scope).
+_last: tuple[Any, Any] = (None, None)
+
+
 def waker_for(loop: AbstractEventLoop) -> _Waker:
     """The waker of ``loop``; call it on the loop's thread."""
-    w: _Waker | None = getattr(_tls, "waker", None)
+    global _last
+    lw = _last
+    if lw[0] is loop:
+        w: _Waker | None = lw[1]
+        assert w is not None
+        return w
+    w = getattr(_tls, "waker", None)
     if w is None or w.loop is not loop:
         w = _tls.waker = _Waker(loop)
+    _last = (loop, w)
     return w
 
 
@@ -188,13 +220,16 @@ def wait_done(c: Context) -> Generator[Any, None, None]:
         _context._remove_waiter(c, w)
 
 
-def enter_scope(cf: CancelFunc) -> Context:
-    """The body of ``Scope.__aenter__``: enter, and register ``cf`` to interrupt the task.
+async def scope_aenter(scope: Scope) -> Context:
+    """``Scope.__aenter__`` (installed on ``Scope`` when this module is imported): enter,
+    and register the cancel function to interrupt the task.
 
-    The hot path of ``async with``: the waiter registration inlines ``_add_waiter``'s
-    critical section (the shape of ``_context._cancel``'s: re-entry detected by ``_rc()``
-    and deferred, the lock released by the handler of an asynchronous exception).
+    The hot path of ``async with``, one coroutine and no call beyond it: ``_enter`` is
+    inlined, and so is the waiter registration, in ``_add_waiter``'s critical section (the
+    shape of ``_context._cancel``'s: re-entry detected by ``_rc()`` and deferred, the lock
+    released by the handler of an asynchronous exception).
     """
+    cf = scope[1]
     loop = _get_running_loop()
     task = None if loop is None else current_task(loop)
     if task is None:
@@ -202,14 +237,18 @@ def enter_scope(cf: CancelFunc) -> Context:
             "tether: `async with` a context must run inside an asyncio task; "
             "use a plain `with` elsewhere"
         )
-    ctx = cf._enter(_context._ASYNC)  # raises if the scope was already entered
+    if cf._state:  # cf._enter(_ASYNC), inlined
+        cf._enter(_ASYNC)  # raises: the scope was already entered
+    cf._state = _ENTERED_ASYNC
+    c = cf._ctx  # a scope's context is always an owner
+    # the previous context, not the Token (see CancelFunc._enter)
+    cf._prev = _current.get(_BACKGROUND)
+    _current.set(c)
     cf._task = task
     cf._cancelling = task.cancelling()
-    w: _Waker | None = getattr(_tls, "waker", None)
-    if w is None or w.loop is not loop:
-        w = _tls.waker = _Waker(loop)  # type: ignore[arg-type]
+    lw = _last
+    w: _Waker = lw[1] if lw[0] is loop else waker_for(loop)  # type: ignore[arg-type]
     cf._waker = w
-    c = ctx  # a scope's context is always an owner
     n = _rc()
     if n:  # re-entered by a finalizer or a signal handler: registration deferred
         live = _context._add_waiter(c, cf)
@@ -232,66 +271,84 @@ def enter_scope(cf: CancelFunc) -> Context:
             while _rc() > n:
                 _LOCK.release()
             raise
-        if _context._deferred:
+        if _deferred:
             _context._run_deferred()
     if not live:
         # born ended: interrupt at the body's first suspension, as asyncio.timeout(0)
         w.post(cf._interrupt)
-        return ctx
+        return c
     d = c._deadline
     if d is not None and _clock.timers is _REAL_TIMERS:
         # The loop's own timer delivers the deadline too (the timer thread may be slow
         # to get the GIL from this very loop): one armed handle per loop, at the
         # earliest deadline of its open scopes.
-        cf._state |= _TIMED
+        cf._state = _ENTERED_ASYNC | _TIMED
         w.scopes += 1
         if d < w.timer_at:
             w.arm(d)
-    return ctx
+    return c
 
 
-def exit_scope(
-    cf: CancelFunc, exc_type: type[BaseException] | None, exc: BaseException | None
-) -> bool:
-    """The body of ``Scope.__aexit__``: leave; True if it must raise the context's error.
+async def scope_aexit(
+    scope: Scope,
+    exc_type: type[BaseException] | None,
+    exc: BaseException | None,
+    tb: TracebackType | None,
+) -> None:
+    """``Scope.__aexit__`` (installed on ``Scope`` when this module is imported): leave,
+    and raise the context's error if it was the scope's interruption that ended the block.
 
-    ``__aexit__`` raises it itself: one frame fewer in the traceback is one frame object
-    and one traceback entry fewer per interruption (tracked by the collector).
+    Raised here, not by a helper: one frame fewer in the traceback is one frame object
+    and one traceback entry fewer per interruption (tracked by the collector). No local
+    may hold the task or the new error when it is raised: the error's traceback holds
+    this frame, and a cycle would keep frames, tracebacks and the task's handles alive
+    until a collector pass.
     """
+    cf = scope[1]
     task = cf._task
     assert task is not None
     cf._task = None  # no task -> frame -> cancel function -> task cycle
-    if cf._state & _TIMED:
+    state = cf._state
+    if state & _TIMED:
         cf._waker.scopes -= 1
-    if not cf._state & _context._INTERRUPTED:
-        ended = cf._ctx._err is not None
-        cf._exit(cf)  # unregister the interrupter and cancel, under one lock hold
+    cf._state = state | _EXITED  # cf._exit(...), inlined: restore current()
+    _current.set(cf._prev)
+    c = cf._ctx
+    if not state & _INTERRUPTED:
+        # unregister the interrupter and cancel, under one lock hold
+        ended = c._err is not None
+        _cancel(c, _Canceled(), None, cf)
         if not ended or exc_type is None or not issubclass(exc_type, CancelledError):
-            return False
+            return
         # The context ended but its own interruption has not run yet (it was posted
         # after the one that reached the task): the same rule as below, if tether
         # delivered what did reach it.
         n = task.cancelling()
         k = scope_cancels.get(task, 0)
         if n <= cf._cancelling or not (k or task in group_cancels):
-            return False
-        return _answered(task, n - cf._cancelling - k)
-    cf._exit()
-    n = task.uncancel()
-    k = scope_cancels.get(task, 1) - 1
-    if k:
-        scope_cancels[task] = k
+            return
+        if not _answered(task, n - cf._cancelling - k):
+            return
     else:
-        scope_cancels.pop(task, None)
-    if exc_type is None or not issubclass(exc_type, CancelledError):
-        return False
-    if n > cf._cancelling:
-        # Other cancel requests are pending. Those tether made because a context ended
-        # (an enclosing scope's, a TaskGroup's on its task) are answered by this
-        # context's error too: the code inside sees DeadlineExceeded, whoever delivered
-        # the interruption. A request from elsewhere passes through, as asyncio.timeout.
-        return _answered(task, n - cf._cancelling - k)
-    return True
+        if c._err is None:  # it has ended (its end interrupted the task); as _exit
+            _cancel(c, _Canceled(), None)
+        n = task.uncancel()
+        k = scope_cancels.get(task, 1) - 1
+        if k:
+            scope_cancels[task] = k
+        else:
+            scope_cancels.pop(task, None)
+        if exc_type is None or not issubclass(exc_type, CancelledError):
+            return
+        # Other cancel requests pending beyond the scope's own: those tether made because
+        # a context ended (an enclosing scope's, a TaskGroup's on its task) are answered
+        # by this context's error too: the code inside sees DeadlineExceeded, whoever
+        # delivered the interruption. A request from elsewhere passes through, as
+        # asyncio.timeout does.
+        if n > cf._cancelling and not _answered(task, n - cf._cancelling - k):
+            return
+    del task
+    raise _fresh_error(c) from (exc if c._cause is None else c._cause)
 
 
 def _answered(task: Any, others: int) -> bool:
@@ -306,3 +363,13 @@ def _answered(task: Any, others: int) -> bool:
         for _ in range(g):
             task.uncancel()
     return True
+
+
+# `async with scope` runs these coroutines directly: no call from Scope's own methods
+# (which import this module on first use, so that `import tether` does not import
+# asyncio) into a helper here, two Python frames fewer per scope.
+_context.Scope.__aenter__ = scope_aenter  # type: ignore[method-assign,assignment]
+_context.Scope.__aexit__ = scope_aexit  # type: ignore[method-assign,assignment]
+# ...and the core reaches this module through its `_aio` global (CancelFunc._interrupt),
+# which `_load_aio` sets only when the core imports it: set it whoever imported it first.
+_context._aio = sys.modules[__name__]

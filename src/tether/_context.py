@@ -850,9 +850,26 @@ def _cancel(
         _LOCK.acquire()
         mine = True
         if drop is not None:
-            _drop_waiter(c, drop)
+            if c._waiters is drop:  # _drop_waiter's common case (an `async with` exit)
+                c._waiters = None
+            else:
+                _drop_waiter(c, drop)
         if c._err is None:
-            _mark(c, err, cause)
+            if c._children is None and c._waiters is None and _observer is None:
+                # _mark's steps for a leaf with nothing to wake (a scope left normally):
+                # the same order, so that _finish completes an interrupted run
+                q = c._entry
+                if q is not None:
+                    q.disarm(c)
+                c._cause = cause
+                c._err = err
+                p = c._pnode
+                if p is not None:
+                    ch = p._children
+                    if ch is not None:
+                        ch.discard(c)
+            else:
+                _mark(c, err, cause)
         out = ended = None
         if _out or _ended:
             out, ended = _take()
@@ -1205,7 +1222,7 @@ class CancelFunc:
     _lasti: int
     _state: int
     _prev: Context  # current() before the block was entered
-    # set by `async with` (see _aio.enter_scope): the task to interrupt, its cancelling()
+    # set by `async with` (see _aio.scope_aenter): the task to interrupt, its cancelling()
     # count at entry, and its loop's waker
     _task: Task[Any] | None
     _cancelling: int
@@ -1384,8 +1401,10 @@ class Scope(tuple[Context, CancelFunc]):
     ) -> None:
         self[1]._exit()
 
+    # Replaced by tether._aio.scope_aenter/scope_aexit when that module is first imported
+    # (these load it, then delegate, once): `import tether` does not import asyncio.
     async def __aenter__(self) -> Context:
-        ctx: Context = (_aio or _load_aio()).enter_scope(self[1])
+        ctx: Context = await (_aio or _load_aio()).scope_aenter(self)
         return ctx
 
     async def __aexit__(
@@ -1394,12 +1413,7 @@ class Scope(tuple[Context, CancelFunc]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        cf = self[1]
-        if (_aio or _load_aio()).exit_scope(cf, exc_type, exc):
-            # No local may hold the new error: its traceback holds this frame, and a cycle
-            # would keep frames, tracebacks and the task's handles alive until a GC pass.
-            c = cf._ctx
-            raise _fresh_error(c) from (exc if c._cause is None else c._cause)
+        await (_aio or _load_aio()).scope_aexit(self, exc_type, exc, tb)
 
     def __repr__(self) -> str:
         return f"<tether.Scope of {self[0]!r}>"
