@@ -19,8 +19,9 @@ Rows (issue 9's speed targets):
       ``send`` (what any such layer costs), under a real uvicorn (httptools) server
       run by callgrind: machine instructions the *server process* spends per request
       (all of it: parsing, the event loop, Starlette, the middleware), without and with
-      a budget and request id. Instructions do not depend on the machine's load, so the
-      5 % question B3 cannot resolve on a shared machine is answered here; ratio =
+      a budget and request id. Instructions barely depend on the machine's load (a
+      server's loop iterations per request still vary a little: ~3 % run to run), so
+      the 5 % question B3 cannot resolve on a shared machine is answered here; ratio =
       with / bare (``--instr``; needs valgrind)                          target <= 1.05
 - B4  cancellation latency, client disconnect -> the leaf's context ended, across three
       hops (edge -> middle -> leaf, uvicorn httptools, httpx ``AsyncContextTransport``
