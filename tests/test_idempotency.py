@@ -442,11 +442,14 @@ def test_crashed_owner_lease_lapses_then_a_retry_runs(backend: Backend) -> None:
 
 
 def test_a_live_owner_renews_its_lease(backend: Backend) -> None:
-    """A handler that runs 3 leases long keeps its key: duplicates wait, never run."""
-    app = Payments(delay=1.2)
+    """A handler that runs 3 leases long keeps its key: duplicates wait, never run.
+
+    A lease of 1 s is renewed every 1/3 s: an event-loop stall of 2/3 s loses it, by
+    design; 0.4 s leases lost it under a fully loaded CI run (a 0.27 s stall)."""
+    app = Payments(delay=3.0)
 
     async def main() -> None:
-        store = backend.store(lease=0.4)
+        store = backend.store(lease=1.0)
         try:
             async with client(idempotency.IdempotencyMiddleware(app, store)) as c:
                 first = asyncio.create_task(post(c, "k"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -184,10 +185,26 @@ def run_chromium(exe: str, profile: Path, *args: str) -> subprocess.CompletedPro
     )
 
 
+def held_open(url: str, n: int) -> list[socket.socket]:
+    """``n`` /fanout requests that run until their client goes away: the caller closes
+    the sockets, and each request's context ends with the disconnect (three Chromium
+    runs may take longer than any fixed request time on a loaded machine)."""
+    host, port = url.removeprefix("http://").split(":")
+    socks = []
+    for i in range(n):
+        s = socket.create_connection((host, int(port)), timeout=10)
+        s.sendall(
+            f"GET /fanout?ms=120000 HTTP/1.1\r\nhost: {host}\r\nx-budget: 300\r\n"
+            f"x-request-id: req-{i}\r\n\r\n".encode()
+        )
+        socks.append(s)
+    return socks
+
+
 @pytest.mark.slow
 def test_live_view_in_headless_chromium(service, tmp_path):
     exe = chromium()
-    threads = in_flight(service.url, 3, 6000)
+    socks = held_open(service.url, 3)
     try:
         eventually(lambda: len(debug.snapshot()["contexts"]) >= 18, timeout=10)
         page = service.url + "/debug/tether"
@@ -229,8 +246,11 @@ def test_live_view_in_headless_chromium(service, tmp_path):
         if os.environ.get("TETHER_UPDATE_SCREENSHOT"):
             shutil.copy(shot, ROOT / "docs" / "live-view.png")
     finally:
-        for t in threads:
-            t.join(30)
+        for s in socks:
+            s.close()
+    # the disconnects end the requests' trees (nothing left running after the test)
+    eventually(lambda: not any(r["state"] == "live" for r in debug.snapshot()["contexts"]),
+               timeout=10)  # fmt: skip
 
 
 def test_live_view_page_without_debug_enabled(tmp_path):
