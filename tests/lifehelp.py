@@ -5,7 +5,9 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,3 +31,25 @@ def lines(proc: subprocess.CompletedProcess[str]) -> dict[str, str]:
         if sep:
             out[k.strip()] = v.strip()
     return out
+
+
+async def run_consumer_until(c: Any, done: Callable[[], bool], timeout: float = 20) -> Any:
+    """Run the ``Consumer`` ``c`` until ``done()`` holds (checked while it runs), then
+    stop it and return what ``c.run`` returned; fails after ``timeout`` seconds, or if
+    the consumer stopped by itself first."""
+    import asyncio
+
+    import tether
+
+    ctx, cancel = tether.with_cancel(tether.background())
+    task = asyncio.ensure_future(c.run(ctx))
+    try:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while not done():
+            assert loop.time() < end, ("tether: timed out", c.stats())
+            assert not task.done(), task
+            await asyncio.sleep(0.002)
+    finally:
+        cancel()
+    return await asyncio.wait_for(task, 30)

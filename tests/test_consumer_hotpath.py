@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import tether
+from lifehelp import run_consumer_until
 from tether import _observe
 from tether.lifecycle import WORKER, Consumer, Message, RetryPolicy
 from tether.propagation import extract
@@ -65,22 +66,6 @@ class Queue:
         pass
 
 
-async def run_until(c: Consumer, done, timeout: float = 20) -> None:
-    """Run ``c`` until ``done()`` holds (checked while it runs), then stop it."""
-    ctx, cancel = tether.with_cancel(tether.background())
-    task = asyncio.ensure_future(c.run(ctx))
-    try:
-        loop = asyncio.get_running_loop()
-        end = loop.time() + timeout
-        while not done():
-            assert loop.time() < end, ("tether: timed out", c.stats())
-            assert not task.done(), task
-            await asyncio.sleep(0.002)
-    finally:
-        cancel()
-    await task
-
-
 class Created:
     def __init__(self) -> None:
         self.seen: list[tuple[tether.Context, object, object, tuple[str, int] | None]] = []
@@ -127,7 +112,7 @@ def test_a_message_runs_under_one_node_with_its_values_and_deadline(created, tim
 
     async def main() -> None:
         c = Consumer(q, handler, message_timeout=timeout, name="hot")
-        await run_until(c, lambda: len(q.acked) == 3)
+        await run_consumer_until(c, lambda: len(q.acked) == 3)
 
     asyncio.run(main())
     left = None if timeout is None else 30
@@ -156,7 +141,7 @@ def test_a_retried_message_gets_the_same_values_on_every_attempt(created):
 
     async def main() -> None:
         c = Consumer(q, handler, retry=RetryPolicy(attempts=3, backoff=0), name="w")
-        await run_until(c, lambda: q.acked == ["m0"])
+        await run_consumer_until(c, lambda: q.acked == ["m0"])
         assert c.stats().retries == 2
 
     asyncio.run(main())
@@ -174,7 +159,7 @@ def test_a_handler_that_returns_a_value_without_suspending_is_acked():
 
     async def main() -> None:
         c = Consumer(q, handler)
-        await run_until(c, lambda: len(q.acked) == 5)
+        await run_consumer_until(c, lambda: len(q.acked) == 5)
         s = c.stats()
         assert (s.acked, s.failures, s.in_flight) == (5, 0, 0)
 
@@ -194,7 +179,7 @@ def test_a_handler_that_raises_at_its_first_step_is_retried():
 
     async def main() -> None:
         c = Consumer(q, handler, retry=RetryPolicy(attempts=2, backoff=0))
-        await run_until(c, lambda: len(q.acked) == 2)
+        await run_consumer_until(c, lambda: len(q.acked) == 2)
         s = c.stats()
         assert (s.acked, s.failures, s.retries, s.in_flight) == (2, 2, 2, 0)
 
@@ -251,7 +236,7 @@ def test_acks_reach_the_broker_while_running_when_the_flush_is_slow():
 
     async def main() -> None:
         c = Consumer(q, handler, prefetch=50)
-        await run_until(c, lambda: len(q.acked) == 500)
+        await run_consumer_until(c, lambda: len(q.acked) == 500)
 
     asyncio.run(main())
     assert sorted(q.acked) == sorted(f"m{i}" for i in range(500))  # each once

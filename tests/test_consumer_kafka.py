@@ -13,12 +13,12 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 from tests.conftest import IN_CI
 
 import tether
+from lifehelp import run_consumer_until
 from tether.lifecycle import Consumer, Message, RetryPolicy
 
 aiokafka = pytest.importorskip("aiokafka")
@@ -119,21 +119,6 @@ async def committed(broker: str, topic: str, group: str, partitions: int) -> dic
         await c.stop()
 
 
-async def run_until(c: Consumer, done, timeout: float = 60) -> Any:
-    ctx, cancel = tether.with_cancel(tether.background())
-    task = asyncio.ensure_future(c.run(ctx))
-    try:
-        end = time.monotonic() + timeout
-        while not done():
-            if task.done():
-                return task.result()
-            assert time.monotonic() < end, c.stats()
-            await asyncio.sleep(0.01)
-    finally:
-        cancel()
-    return await asyncio.wait_for(task, 30)
-
-
 def test_kafka_concurrent_handlers_commit_in_order_and_dead_letter(broker):
     topic, dead = f"t{uuid.uuid4().hex[:8]}", f"d{uuid.uuid4().hex[:8]}"
     make_topic(broker, topic, 3)
@@ -152,7 +137,9 @@ def test_kafka_concurrent_handlers_commit_in_order_and_dead_letter(broker):
         await produce(broker, topic, 3, 10)
         src = KafkaSource(broker, topic, "g", dead_letter=dead, poll=0.2)
         c = Consumer(src, handler, concurrency=4, retry=RetryPolicy(attempts=2, backoff=0.01))
-        stats = await run_until(c, lambda: c.stats().acked + c.stats().dead_lettered == 30)
+        stats = await run_consumer_until(
+            c, lambda: c.stats().acked + c.stats().dead_lettered == 30, timeout=60
+        )
         assert (stats.acked, stats.dead_lettered, stats.released) == (29, 1, 0)
         assert await committed(broker, topic, "g", 3) == {0: 10, 1: 10, 2: 10}
         d = aiokafka.AIOKafkaConsumer(dead, bootstrap_servers=broker, auto_offset_reset="earliest")
@@ -190,11 +177,11 @@ def test_kafka_stop_commits_nothing_past_an_unfinished_record_and_restart_redeli
 
         await produce(broker, topic, 1, 12)
         c1 = Consumer(KafkaSource(broker, topic, "g", poll=0.2), handler, concurrency=3, grace=0.2)
-        await run_until(c1, stuck.is_set)
+        await run_consumer_until(c1, stuck.is_set, timeout=60)
         assert (await committed(broker, topic, "g", 1))[0] == 5  # never past 0:5
         run_no = 1
         c2 = Consumer(KafkaSource(broker, topic, "g", poll=0.2), handler, concurrency=3)
-        await run_until(c2, lambda: c2.stats().acked == 7)
+        await run_consumer_until(c2, lambda: c2.stats().acked == 7)
         assert (await committed(broker, topic, "g", 1))[0] == 12
 
     asyncio.run(main())

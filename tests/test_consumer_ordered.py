@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import pytest
 
 import tether
+from lifehelp import run_consumer_until
 from tether.lifecycle import Consumer, Message, RetryPolicy
 
 
@@ -71,20 +72,6 @@ class Log:
         pass
 
 
-async def run_until(c: Consumer, done, timeout: float = 20) -> None:
-    ctx, cancel = tether.with_cancel(tether.background())
-    task = asyncio.ensure_future(c.run(ctx))
-    try:
-        loop = asyncio.get_running_loop()
-        end = loop.time() + timeout
-        while not done():
-            assert loop.time() < end, c.stats()
-            await asyncio.sleep(0.005)
-    finally:
-        cancel()
-    await task
-
-
 @pytest.mark.parametrize("seed", range(5))
 def test_commits_cover_only_handled_records_whatever_the_finishing_order(seed):
     rnd = random.Random(seed)
@@ -101,7 +88,7 @@ def test_commits_cover_only_handled_records_whatever_the_finishing_order(seed):
 
     async def main() -> None:
         c = Consumer(log, handler, concurrency=8, prefetch=16)
-        await run_until(c, lambda: log.committed == {0: 40, 1: 40, 2: 40})
+        await run_consumer_until(c, lambda: log.committed == {0: 40, 1: 40, 2: 40})
         assert c.stats().acked == 120
 
     asyncio.run(main())
@@ -123,7 +110,7 @@ def test_a_released_record_stops_its_partition_and_no_other():
 
     async def main() -> None:
         c = Consumer(log, handler, concurrency=4, retry=RetryPolicy(attempts=1))
-        await run_until(c, lambda: log.committed.get(0) == 20 and c.stats().released == 1)
+        await run_consumer_until(c, lambda: log.committed.get(0) == 20 and c.stats().released == 1)
         await asyncio.sleep(0.05)  # later records of partition 1 finished meanwhile
         s = c.stats()
         assert s.released == 1
@@ -143,7 +130,7 @@ def test_a_dead_lettered_record_moves_the_commit_point_in_order():
 
     async def main() -> None:
         c = Consumer(log, handler, concurrency=3, retry=RetryPolicy(attempts=2, backoff=0.001))
-        await run_until(c, lambda: log.committed.get(0) == 10)
+        await run_consumer_until(c, lambda: log.committed.get(0) == 10)
         s = c.stats()
         assert (s.acked, s.dead_lettered) == (9, 1)
 
@@ -163,7 +150,7 @@ def test_a_stop_commits_what_was_handled_and_nothing_after_an_unfinished_record(
 
         log = Log(partitions=1, per_partition=10)
         c = Consumer(log, handler, concurrency=4, grace=0.1)
-        await run_until(c, started.is_set)
+        await run_consumer_until(c, started.is_set)
         assert log.committed.get(0, 0) == 2  # 0:0 and 0:1; never past 0:2
         assert "0:2" in log.released
 
@@ -219,7 +206,7 @@ def test_a_handler_that_suspends_gets_values_errors_and_its_context_back():
 
     async def main() -> None:
         c = Consumer(log, handler)
-        await run_until(c, lambda: log.committed.get(0) == 1)
+        await run_consumer_until(c, lambda: log.committed.get(0) == 1)
 
     asyncio.run(main())
     assert seen == [("caught", "thrown in"), ("sum", 42), ("rid", True), ("ctx", True)]
