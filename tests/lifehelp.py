@@ -33,22 +33,26 @@ def lines(proc: subprocess.CompletedProcess[str]) -> dict[str, str]:
     return out
 
 
-async def run_consumer_until(c: Any, done: Callable[[], bool], timeout: float = 20) -> Any:
-    """Run the ``Consumer`` ``c`` until ``done()`` holds (checked while it runs), then
-    stop it and return what ``c.run`` returned; fails after ``timeout`` seconds, or if
-    the consumer stopped by itself first."""
+async def run_consumer_until(
+    c: Any, done: Callable[[], bool], timeout: float = 20, *, parent: Any = None
+) -> Any:
+    """Run the ``Consumer`` ``c`` under a child of ``parent`` (default ``background()``)
+    until ``done()`` holds, checked while it runs; then cancel it and return what
+    ``c.run`` returned (its final stats), or return at once if it stopped by itself.
+    Fails after ``timeout`` seconds."""
     import asyncio
 
     import tether
 
-    ctx, cancel = tether.with_cancel(tether.background())
+    ctx, cancel = tether.with_cancel(parent or tether.background())
     task = asyncio.ensure_future(c.run(ctx))
     try:
         loop = asyncio.get_running_loop()
         end = loop.time() + timeout
         while not done():
-            assert loop.time() < end, ("tether: timed out", c.stats())
-            assert not task.done(), task
+            if task.done():
+                return task.result()
+            assert loop.time() < end, f"tether: not done in {timeout}s: {c.stats()}"
             await asyncio.sleep(0.002)
     finally:
         cancel()

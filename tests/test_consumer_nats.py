@@ -12,6 +12,7 @@ import pytest
 from tests.conftest import require_service
 
 import tether
+from lifehelp import run_consumer_until
 from tether.lifecycle import Consumer, Message, RetryPolicy
 
 nats = pytest.importorskip("nats")
@@ -78,21 +79,6 @@ async def consumer_state(stream: str, durable: str) -> Any:
         await nc.close()
 
 
-async def run_until(consumer: Consumer, done, timeout: float = 20.0):
-    ctx, cancel = tether.with_cancel(tether.background())
-    task = asyncio.ensure_future(consumer.run(ctx))
-    try:
-        end = time.monotonic() + timeout
-        while not done():
-            if task.done():
-                return task.result()
-            assert time.monotonic() < end, f"not done in {timeout}s: {consumer.stats()}"
-            await asyncio.sleep(0.005)
-    finally:
-        cancel()
-    return await asyncio.wait_for(task, 30)
-
-
 def source(n: dict[str, str], **kw: Any) -> JetStreamSource:
     kw.setdefault("fetch_timeout", 0.2)
     return JetStreamSource(URL, n["stream"], "workers", subject=n["subject"], **kw)
@@ -108,7 +94,7 @@ def test_every_message_is_handled_with_its_id_and_acked(names):
     async def main() -> None:
         await produce(names["subject"], 30)
         c = Consumer(source(names), handler, concurrency=3)
-        stats = await run_until(c, lambda: c.stats().acked == 30)
+        stats = await run_consumer_until(c, lambda: c.stats().acked == 30)
         assert stats.acked == 30
         assert sorted(seen) == sorted(f"{names['stream']}:{i}" for i in range(1, 31))
         assert all(k == v for k, v in seen.items())
@@ -131,7 +117,7 @@ def test_retries_used_up_go_to_the_dead_letter_subject_and_are_acked(names):
             handler,
             retry=RetryPolicy(attempts=2, backoff=0.01),
         )
-        stats = await run_until(c, lambda: c.stats().acked + c.stats().dead_lettered == 3)
+        stats = await run_consumer_until(c, lambda: c.stats().acked + c.stats().dead_lettered == 3)
         assert (stats.acked, stats.dead_lettered) == (2, 1)
         nc = await nats.connect(URL)
         try:
@@ -160,7 +146,7 @@ def test_a_released_message_is_nakked_and_redelivered(names):
         await produce(names["subject"], 1)
         # one attempt per delivery and no dead-letter: the failure naks it, NATS redelivers
         c = Consumer(source(names), handler, retry=RetryPolicy(attempts=1, backoff=0.05))
-        stats = await run_until(c, lambda: c.stats().acked == 1)
+        stats = await run_consumer_until(c, lambda: c.stats().acked == 1)
         assert deliveries == [1, 2]
         assert (stats.released, stats.acked) == (1, 1)
 
@@ -177,7 +163,7 @@ def test_a_long_handler_is_kept_alive_with_in_progress(names):
     async def main() -> None:
         await produce(names["subject"], 1)
         c = Consumer(source(names, ack_wait=1.0), handler, concurrency=2)
-        stats = await run_until(c, lambda: c.stats().acked == 1)
+        stats = await run_consumer_until(c, lambda: c.stats().acked == 1)
         await asyncio.sleep(1.2)  # a redelivery would show up now
         assert deliveries == [1]
         assert stats.acked == 1
@@ -249,7 +235,7 @@ def test_a_dead_letter_subject_no_stream_captures_releases_the_message(names):
         await produce(names["subject"], 1)
         src = source(names, dead_letter=f"{names['subject']}.nowhere")
         c = Consumer(src, handler, retry=RetryPolicy(attempts=1, backoff=0.01))
-        stats = await run_until(c, lambda: c.stats().acked == 1)
+        stats = await run_consumer_until(c, lambda: c.stats().acked == 1)
         # publishing to the dead-letter subject failed (no stream): released, not acked,
         # so JetStream delivered it again
         assert (stats.dead_lettered, stats.released, stats.acked) == (0, 1, 1)

@@ -7,12 +7,12 @@ import asyncio
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 import tether
+from lifehelp import run_consumer_until
 from tether import lifecycle
 from tether.lifecycle import Consumer, Message, RetryPolicy
 
@@ -66,28 +66,6 @@ async def pending(stream: str, group: str) -> list[str]:
         await r.aclose()
 
 
-async def run_until(
-    consumer: Consumer,
-    done: Callable[[], bool],
-    *,
-    timeout: float = 20.0,
-    parent: tether.Context | None = None,
-) -> lifecycle.ConsumerStats:
-    """Run ``consumer`` until ``done()``; then cancel it and return its final stats."""
-    ctx, cancel = tether.with_cancel(parent or tether.background())
-    task = asyncio.ensure_future(consumer.run(ctx))
-    try:
-        end = time.monotonic() + timeout
-        while not done():
-            if task.done():
-                return task.result()
-            assert time.monotonic() < end, f"not done in {timeout}s: {consumer.stats()}"
-            await asyncio.sleep(0.005)
-    finally:
-        cancel()
-    return await asyncio.wait_for(task, 30)
-
-
 def source(names: dict[str, str], **kw: Any) -> RedisStreamSource:
     kw.setdefault("block", 0.1)
     return RedisStreamSource(URL, names["stream"], names["group"], "c1", **kw)
@@ -107,7 +85,7 @@ def test_every_message_is_handled_under_its_own_context_and_acked(names):
     async def main() -> None:
         ids = await produce(names["stream"], 50)
         c = Consumer(source(names), handler, message_timeout=7)
-        stats = await run_until(c, lambda: c.stats().acked == 50)
+        stats = await run_consumer_until(c, lambda: c.stats().acked == 50)
         assert sorted(seen) == sorted(ids)
         for mid, (rid, worker, left) in seen.items():
             assert rid == mid
@@ -132,7 +110,7 @@ def test_a_plain_function_handler_runs_in_a_thread_with_its_context(names):
     async def main() -> None:
         await produce(names["stream"], 5)
         c = Consumer(source(names), handler)
-        stats = await run_until(c, lambda: c.stats().acked == 5)
+        stats = await run_consumer_until(c, lambda: c.stats().acked == 5)
         assert stats.acked == 5
         assert threading.main_thread().name not in threads
 
@@ -151,7 +129,7 @@ def test_a_failing_handler_is_retried_with_backoff_then_acked(names):
         await produce(names["stream"], 2)
         policy = RetryPolicy(attempts=3, backoff=0.05, multiplier=2)
         c = Consumer(source(names, dead_letter=names["dead"]), handler, retry=policy)
-        stats = await run_until(c, lambda: c.stats().acked == 2)
+        stats = await run_consumer_until(c, lambda: c.stats().acked == 2)
         assert stats.failures == 4
         assert stats.retries == 4
         assert stats.dead_lettered == 0
@@ -173,7 +151,7 @@ def test_retries_used_up_go_to_the_dead_letter_stream_and_are_acked(names):
         ids = await produce(names["stream"], 3)
         policy = RetryPolicy(attempts=2, backoff=0.01)
         c = Consumer(source(names, dead_letter=names["dead"]), handler, retry=policy)
-        stats = await run_until(c, lambda: c.stats().acked + c.stats().dead_lettered == 3)
+        stats = await run_consumer_until(c, lambda: c.stats().acked + c.stats().dead_lettered == 3)
         assert (stats.acked, stats.dead_lettered, stats.failures) == (2, 1, 2)
         r = redis_asyncio.Redis.from_url(URL)
         try:
@@ -198,7 +176,7 @@ def test_without_a_dead_letter_stream_a_failed_message_stays_pending(names):
     async def main() -> None:
         ids = await produce(names["stream"], 1)
         c = Consumer(source(names), handler, retry=RetryPolicy(attempts=2, backoff=0.01))
-        stats = await run_until(c, lambda: c.stats().released == 1)
+        stats = await run_consumer_until(c, lambda: c.stats().released == 1)
         assert (stats.acked, stats.dead_lettered, stats.released) == (0, 0, 1)
         assert await pending(names["stream"], "g") == ids
 
@@ -216,7 +194,7 @@ def test_an_error_retry_on_rejects_is_dead_lettered_at_once(names):
         await produce(names["stream"], 1)
         policy = RetryPolicy(attempts=5, retry_on=lambda e: not isinstance(e, KeyError))
         c = Consumer(source(names, dead_letter=names["dead"]), handler, retry=policy)
-        stats = await run_until(c, lambda: c.stats().dead_lettered == 1)
+        stats = await run_consumer_until(c, lambda: c.stats().dead_lettered == 1)
         assert len(calls) == 1
         assert stats.retries == 0
 
@@ -242,7 +220,7 @@ def test_a_handler_that_outlives_message_timeout_is_interrupted_and_retried(name
             retry=policy,
         )
         t0 = time.monotonic()
-        stats = await run_until(c, lambda: c.stats().dead_lettered == 1)
+        stats = await run_consumer_until(c, lambda: c.stats().dead_lettered == 1)
         assert time.monotonic() - t0 < 4
         assert (stats.failures, stats.timed_out) == (2, 2)
         assert all(isinstance(e, tether.DeadlineExceeded) for e in errors)
@@ -265,7 +243,7 @@ def test_concurrency_runs_that_many_handlers_at_once(names):
     async def main() -> None:
         await produce(names["stream"], 40)
         c = Consumer(source(names), handler, concurrency=4)
-        stats = await run_until(c, lambda: c.stats().acked == 40)
+        stats = await run_consumer_until(c, lambda: c.stats().acked == 40)
         assert peak == 4
         assert stats.acked == 40
         assert await pending(names["stream"], "g") == []
@@ -292,7 +270,7 @@ def test_xautoclaim_recovers_what_a_dead_consumer_left_pending(names):
             URL, names["stream"], "g", "survivor", block=0.05, claim_idle=0.3, claim_every=0.05
         )
         c = Consumer(src, handler)
-        await run_until(c, lambda: len(handled) == 5)
+        await run_consumer_until(c, lambda: len(handled) == 5)
         assert sorted(i for i, _ in handled) == sorted(ids)
         claimed = {i: d for i, d in handled if i in ids[:3]}
         assert set(claimed.values()) == {2}  # delivered to the dead one, then to us
@@ -316,7 +294,7 @@ def test_a_restart_under_the_same_name_reads_its_own_pending_entries_first(names
         finally:
             await r.aclose()
         c = Consumer(source(names, claim_idle=None), handler)
-        await run_until(c, lambda: len(handled) == 4)
+        await run_consumer_until(c, lambda: len(handled) == 4)
         assert handled[:2] == ids[:2]
         assert sorted(handled) == sorted(ids)
 
@@ -341,7 +319,7 @@ def test_a_message_delivered_too_often_is_dead_lettered_without_a_call(names):
             await r.aclose()
         policy = RetryPolicy(max_deliveries=3)
         c = Consumer(source(names, dead_letter=names["dead"]), handler, retry=policy)
-        stats = await run_until(c, lambda: c.stats().dead_lettered == 1)
+        stats = await run_consumer_until(c, lambda: c.stats().dead_lettered == 1)
         assert handled == []
         assert stats.dead_lettered == 1
 
@@ -362,7 +340,7 @@ def test_stop_lets_the_message_in_hand_finish_and_acks_it(names):
 
         ids = await produce(names["stream"], 1)
         c = Consumer(source(names), handler, grace=5)
-        stats = await run_until(c, ev.is_set)
+        stats = await run_consumer_until(c, ev.is_set)
         assert finished == ids
         assert stats.acked == 1
         assert await pending(names["stream"], "g") == []
@@ -385,7 +363,7 @@ def test_a_handler_still_running_after_the_grace_is_cancelled_and_not_acked(name
 
         ids = await produce(names["stream"], 1)
         c = Consumer(source(names), handler, grace=0.1)
-        stats = await run_until(c, ev.is_set)
+        stats = await run_consumer_until(c, ev.is_set)
         assert (stats.acked, stats.released) == (0, 1)
         assert isinstance(seen[0], lifecycle.DrainTimeout)
         assert await pending(names["stream"], "g") == ids
@@ -405,7 +383,7 @@ def test_buffered_messages_are_released_on_stop_not_acked(names):
 
         ids = await produce(names["stream"], 10)
         c = Consumer(source(names), handler, prefetch=10)
-        stats = await run_until(c, ev.is_set)
+        stats = await run_consumer_until(c, ev.is_set)
         assert stats.fetched == 10
         assert stats.acked == len(done) >= 1
         assert stats.released == 10 - len(done)
@@ -589,7 +567,7 @@ def test_the_server_dying_mid_run_loses_the_ack_not_the_message(tmp_path):
                 server.wait()
 
             c = Consumer(RedisStreamSource(url, "s", "g", "c", block=0.05), handler)
-            stats = await run_until(c, lambda: c.stats().ack_errors == 1, timeout=20)
+            stats = await run_consumer_until(c, lambda: c.stats().ack_errors == 1, timeout=20)
             assert (stats.acked, stats.ack_errors) == (0, 1)
             assert stats.state == "stopped"
 
