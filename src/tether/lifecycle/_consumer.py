@@ -427,8 +427,6 @@ class Consumer:
         self._n = _Counts()
         self._buffer: collections.deque[Message] = collections.deque()
         self._in_flight: dict[int, Message] = {}  # id(msg) -> msg, while its handler runs
-        # ... except a worker's first attempt without heartbeat, which only counts here
-        self._hot = 0
         self._started: dict[int, float] = {}  # id(msg) -> time.monotonic(), if heartbeat
         self._order: dict[Hashable, collections.deque[_Slot]] = {}
         self._slots: dict[int, _Slot] = {}
@@ -459,7 +457,7 @@ class Consumer:
             state=self._state,
             fetched=n.fetched,
             buffered=len(self._buffer),
-            in_flight=len(self._in_flight) + self._hot,
+            in_flight=len(self._in_flight),
             acked=n.acked,
             dead_lettered=n.dead_lettered,
             released=n.released,
@@ -527,7 +525,7 @@ class Consumer:
                 "consumer %s stopping (%s): %d in hand, %d buffered released",
                 self._name,
                 cause(ctx),
-                len(self._in_flight) + self._hot,
+                len(self._in_flight),
                 len(self._buffer),
                 extra={**extra, "event": "consumer_stopping"},
             )
@@ -542,7 +540,7 @@ class Consumer:
                 self._log.warning(
                     "consumer %s: %d messages still in hand after the grace; cancelling them",
                     self._name,
-                    len(self._in_flight) + self._hot,
+                    len(self._in_flight),
                     extra={**extra, "event": "consumer_grace_over"},
                 )
                 cancel_work(left)
@@ -686,11 +684,9 @@ class Consumer:
                     await self._process(work, m)
                     continue
                 key = id(m)
-                if hb:  # the heartbeat needs the message itself; stats() only a count
-                    inflight[key] = m
+                inflight[key] = m
+                if hb:
                     self._started[key] = time.monotonic()
-                else:
-                    self._hot += 1
                 try:  # the first attempt, under a fresh message context
                     # `with scope as mc:` spelled out (no Scope.__enter__/__exit__ frames):
                     # one node carries the deadline and the values, and is current inside
@@ -711,24 +707,16 @@ class Consumer:
                     finally:
                         cf._exit()
                 except Exception as e:
-                    if not hb:  # _process expects it in flight
-                        self._hot -= 1
-                        inflight[key] = m
                     await self._process(work, m, e)  # the retry policy takes over
                     continue
                 except BaseException:
-                    if hb:
-                        del inflight[key]
-                        del self._started[key]
-                    else:
-                        self._hot -= 1
+                    del inflight[key]
+                    self._started.pop(key, None)
                     await _shielded(self._settle(root, m, "released", None, None))
                     raise
+                del inflight[key]
                 if hb:
-                    del inflight[key]
                     del self._started[key]
-                else:
-                    self._hot -= 1
                 if self._closed:
                     await self._settle(root, m, "ack", None, None)  # logs it, acks nothing
                 elif ordered:
