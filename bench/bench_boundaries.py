@@ -158,26 +158,38 @@ def wrk_run(port: int, seconds: float, connections: int) -> float:
     return float(m.group(1))
 
 
+def _uvicorn(variant: str, port: int) -> list[str]:
+    """The command serving app ``variant`` of ``APP_MODULE`` with uvicorn (httptools)."""
+    return [sys.executable, "-m", "uvicorn", "--factory", f"{APP_MODULE}:{variant}",
+            "--host", "127.0.0.1", "--port", str(port), "--http", "httptools",
+            "--loop", "asyncio", "--log-level", "warning", "--no-access-log",
+            "--lifespan", "off", "--app-dir", str(ROOT / "bench")]  # fmt: skip
+
+
+def _wait_listening(proc: subprocess.Popen[bytes], port: int, seconds: float) -> None:
+    """Wait until ``proc`` accepts on ``port``; raise if it exits or takes ``seconds``."""
+    end = time.monotonic() + seconds
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError(f"uvicorn exited with {proc.returncode}") from None
+            if time.monotonic() > end:
+                raise RuntimeError(f"uvicorn did not listen on {port} in {seconds} s") from None
+            time.sleep(0.02)
+
+
 def serve_variant(variant: str, seconds: float, connections: int) -> float:
     # A port, not --fd: uvicorn takes an inherited fd for a Unix socket and would not set
     # TCP_NODELAY (Nagle + delayed ACKs: ~40 ms per response).
     with free_socket() as s:
         port = s.getsockname()[1]
-    cmd = [*_pin(0), sys.executable, "-m", "uvicorn", "--factory", f"{APP_MODULE}:{variant}",
-           "--host", "127.0.0.1", "--port", str(port), "--http", "httptools",
-           "--loop", "asyncio", "--log-level", "warning", "--no-access-log",
-           "--lifespan", "off", "--app-dir", str(ROOT / "bench")]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
+    proc = subprocess.Popen([*_pin(0), *_uvicorn(variant, port)], cwd=ROOT, env=env)
     try:
-        for _ in range(500):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"uvicorn exited with {proc.returncode}") from None
-                time.sleep(0.02)
+        _wait_listening(proc, port, 10.0)
         wrk_run(port, 1, connections)  # warm-up
         return wrk_run(port, seconds, connections)
     finally:
@@ -283,22 +295,12 @@ def _callgrind_server(variant: str, plan: list[tuple[bytes, int]], out_dir: Path
         port = s.getsockname()[1]
     out = out_dir / f"cg.{variant}.{sum(c for _, c in plan)}.{len(list(out_dir.iterdir()))}"
     cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
-           sys.executable, "-m", "uvicorn", "--factory", f"{APP_MODULE}:{variant}",
-           "--host", "127.0.0.1", "--port", str(port), "--http", "httptools",
-           "--loop", "asyncio", "--log-level", "warning", "--no-access-log",
-           "--lifespan", "off", "--app-dir", str(ROOT / "bench")]  # fmt: skip
+           *_uvicorn(variant, port)]  # fmt: skip
     # One hash seed: dict and set layouts, hence instruction counts, repeat run to run.
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "PYTHONHASHSEED": "0"}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.DEVNULL)
     try:
-        for _ in range(3000):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"B3i: uvicorn exited with {proc.returncode}") from None
-                time.sleep(0.05)
+        _wait_listening(proc, port, 150.0)  # callgrind starts uvicorn ~50x slower
         _send_requests(port, plan)
     finally:
         proc.send_signal(signal.SIGINT)
