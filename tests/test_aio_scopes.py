@@ -11,15 +11,13 @@ measuring lateness (that is ``bench/bench_aio.py``'s job).
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
-import textwrap
 import threading
 import time
 
 import pytest
 
 import tether
+from lifehelp import run_child
 from tether import _aio, _clock, _context
 from tether.testing import FakeClock
 
@@ -320,7 +318,7 @@ def test_scopes_interrupt_whichever_module_imports_the_bridge_first():
     # `async with` runs tether._aio's coroutines, installed on Scope when that module is
     # imported; the core reaches the module through a global that must be set however it
     # was imported (here directly, before any scope: a fresh interpreter).
-    code = textwrap.dedent(
+    out = run_child(
         """
         import asyncio
         from tether import _aio
@@ -337,9 +335,6 @@ def test_scopes_interrupt_whichever_module_imports_the_bridge_first():
 
         asyncio.run(main())
         """
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "canceled", out.stdout + out.stderr
