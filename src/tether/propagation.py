@@ -690,7 +690,8 @@ def extract(
             budget = mx
         budget = max(budget, pol.min_timeout)
     # One owning node carrying the values (with_value + with_cancel would make two); an
-    # observer sees them at `created`.
+    # observer sees them at `created`. _derive directly, not _derive_values: the creation
+    # site is two frames up from _derive, and must be extract's caller.
     old = parent._values
     values = {**old, REQUEST_ID: rid if rid is not None else new_request_id()}
     if ident is not None:
