@@ -96,11 +96,15 @@ async def _abort(sctx: Any, err: ContextError) -> None:
     except grpc.aio.AbortError:
         raise
     except Exception as e:
-        # The handler called abort() itself and the context's interrupt landed while
-        # it was sending that status (grpcio: "Abort already called!"). The handler's
-        # status stands. grpcio accepts only its own AbortError instance ("Abort error
-        # has been replaced!" otherwise), so end the call as an interrupted one.
-        if type(e).__name__ != "UsageError":
+        # UsageError: the handler called abort() itself and the context's interrupt
+        # landed while it was sending that status (grpcio: "Abort already called!"). The
+        # handler's status stands. ExecuteBatchError: the RPC already ended in grpc core
+        # (its own deadline passed at the same moment as the context's, or the client
+        # left) and no status can be sent on it; grpcio would log that as an error with
+        # a traceback unless it has seen the close first. Either way grpcio accepts only
+        # its own AbortError instance ("Abort error has been replaced!" otherwise), so
+        # end the call as an interrupted one, which it logs at debug level.
+        if type(e).__name__ not in ("UsageError", "ExecuteBatchError"):
             raise
         raise asyncio.CancelledError() from err
 
