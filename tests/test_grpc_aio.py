@@ -51,12 +51,17 @@ def scenario(fn, *, policy=None, client=True):
     return asyncio.run(main())
 
 
+async def until(check, what, timeout=5.0):
+    """Wait (without blocking the loop) until ``check()`` is true; fail naming ``what``."""
+    end = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < end, what
+        await asyncio.sleep(0.001)
+
+
 async def blocked(svc, timeout=5.0):
     """Wait (without blocking the loop) until a handler of ``svc`` waits on its context."""
-    end = time.monotonic() + timeout
-    while not svc.blocked.is_set():
-        assert time.monotonic() < end, "the handler never started waiting"
-        await asyncio.sleep(0.001)
+    await until(svc.blocked.is_set, "the handler never started waiting", timeout)
 
 
 async def ended_within(ctx, bound):
@@ -370,10 +375,7 @@ def test_client_stream_ended_when_the_context_ends():
         task = asyncio.create_task(consume())
         await blocked(env.svc)
         # the server sent its first message before it blocked; let it reach the client
-        end = time.monotonic() + 5
-        while not got:
-            assert time.monotonic() < end, "the first message never arrived"
-            await asyncio.sleep(0.001)
+        await until(lambda: got, "the first message never arrived")
         sc.cancel()
         with pytest.raises(tether.Canceled):
             await task
