@@ -1046,8 +1046,10 @@ def _derive(
     dcause: BaseException | None,
     *,
     values: dict[Hashable, Any] | None = None,
-) -> Scope:
-    """Make an owning child of ``parent``; return the (ctx, cancel) scope.
+) -> CancelFunc:
+    """Make an owning child of ``parent``; return its cancel function (``cf._ctx``: the
+    child). Callers that hand out the pair wrap it as ``Scope((cf._ctx, cf))``; internal
+    callers that only unpack it skip that tuple (one allocation per derive).
 
     ``deadline`` is the child's own (``None``: none); ``expired`` says it already
     passed (the caller knows it without reading the clock twice). ``values``, when
@@ -1164,7 +1166,7 @@ def _derive(
         born = c._err
         if born is not None:  # born ended: it is never marked, so report its end here
             _report([(c, "deadline" if p._err is not born else "parent")])
-    return Scope((c, cf))
+    return cf
 
 
 def _observed(c: Context, parent: Context, kind: str) -> None:
@@ -1569,7 +1571,8 @@ def with_cancel(parent: Context) -> Scope:
     ``TypeError`` if ``parent`` is not a Context (``None`` included: pass
     ``tether.background()``).
     """
-    return _derive(parent, "with_cancel", None, False, None)
+    cf = _derive(parent, "with_cancel", None, False, None)
+    return Scope((cf._ctx, cf))
 
 
 def with_deadline(
@@ -1597,7 +1600,8 @@ def with_deadline(
     now = _clock.now()
     if d - now > _FAR and not isinstance(when, datetime):  # a datetime cannot be mistaken
         raise _far_deadline(d, now)
-    return _derive(parent, "with_deadline", d, d <= now, cause)
+    cf = _derive(parent, "with_deadline", d, d <= now, cause)
+    return Scope((cf._ctx, cf))
 
 
 def with_timeout(
@@ -1623,17 +1627,21 @@ def with_timeout(
         d = _clock.now() + _seconds(s)  # raises the tether error
     if cause is not None:
         cause = _cause_arg(cause)
-    return _derive(parent, "with_deadline", d, s <= 0, cause)  # type: ignore[operator]
+    cf = _derive(parent, "with_deadline", d, s <= 0, cause)  # type: ignore[operator]
+    return Scope((cf._ctx, cf))
 
 
-def _derive_values(parent: Context, seconds: float | None, values: dict[Hashable, Any]) -> Scope:
+def _derive_values(
+    parent: Context, seconds: float | None, values: dict[Hashable, Any]
+) -> CancelFunc:
     """``with_timeout(with_value(parent, ...), seconds)`` as one owning node (internal).
 
     For the one-context-per-item pattern (a consumer's message, a job): ``values`` is the
     child's whole mapping (``parent._values`` plus the item's own, e.g. ``REQUEST_ID``;
     never mutated afterwards); ``seconds`` is a number already checked by the caller
-    (``None``: no deadline of its own, as ``with_cancel``). The creation site (for
-    ``LostCancelWarning`` and observers) is this function's caller, as for
+    (``None``: no deadline of its own, as ``with_cancel``). Returns the cancel function
+    (``cf._ctx`` is the child; ``Scope((cf._ctx, cf))`` makes the pair). The creation
+    site (for ``LostCancelWarning`` and observers) is this function's caller, as for
     ``with_timeout``. Non-blocking, thread-safe; raises what ``with_timeout`` raises
     for a bad parent.
     """

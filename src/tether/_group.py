@@ -339,7 +339,8 @@ class Group:
     ) -> None:
         lim = _check_limit(limit)
         coe = _check_flag(cancel_on_error)
-        self._ctx, self._cancel = _derive(ctx, "group", None, False, None)
+        cf = _derive(ctx, "group", None, False, None)
+        self._ctx, self._cancel = cf._ctx, cf
         self._limit = lim
         self._outcome = Outcome(coe)
         self._lock = threading.Lock()

@@ -265,7 +265,8 @@ class TaskGroup:
     ) -> None:
         lim = _check_limit(limit)
         coe = _check_flag(cancel_on_error)
-        self._ctx, self._cancel = _derive(ctx, "task_group", None, False, None)
+        cf = _derive(ctx, "task_group", None, False, None)
+        self._ctx, self._cancel = cf._ctx, cf
         self._limit = lim
         self._outcome = Outcome(coe)
         self._loop = None

@@ -367,7 +367,8 @@ async def to_thread(
     if not callable(fn):
         raise _not_a_function(fn, "to_thread")
     loop = get_running_loop()
-    child, cancel = _derive(ctx, "to_thread", None, False, None)
+    cancel = _derive(ctx, "to_thread", None, False, None)
+    child = cancel._ctx
     c = child._c or child
     if c._err is not None:
         cancel()

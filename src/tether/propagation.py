@@ -697,5 +697,9 @@ def extract(
     if ident is not None:
         values.update(ident)
     if budget is None:
-        return _derive(parent, "with_cancel", None, False, None, values=values)
-    return _derive(parent, "with_deadline", _clock.now() + budget, budget <= 0, None, values=values)
+        cf = _derive(parent, "with_cancel", None, False, None, values=values)
+    else:
+        cf = _derive(
+            parent, "with_deadline", _clock.now() + budget, budget <= 0, None, values=values
+        )
+    return Scope((cf._ctx, cf))

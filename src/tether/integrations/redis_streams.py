@@ -55,6 +55,8 @@ except ImportError as e:  # pragma: no cover - exercised by test_consumer_extras
 
 __all__ = ["RedisStreamSource"]
 
+_tuple_new = tuple.__new__
+
 
 def _s(x: Any) -> str:
     return x.decode() if isinstance(x, bytes) else str(x)
@@ -224,9 +226,10 @@ class RedisStreamSource:
         )
         if not new:
             return []
-        make = Message._make  # (the hot path: one Message per entry)
+        # The hot path: one Message per entry, made as the tuple it is (Message._make
+        # would add a Python frame and a length check per entry).
         return [
-            make((i.decode() if type(i) is bytes else str(i), f, None, 1, None, i))
+            _tuple_new(Message, (i.decode() if type(i) is bytes else str(i), f, None, 1, None, i))
             for i, f in new[0][1]
         ]
 

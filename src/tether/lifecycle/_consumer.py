@@ -690,8 +690,8 @@ class Consumer:
                 try:  # the first attempt, under a fresh message context
                     # `with scope as mc:` spelled out (no Scope.__enter__/__exit__ frames):
                     # one node carries the deadline and the values, and is current inside
-                    mc, cf = _derive_values(work, to, {**wvals, REQUEST_ID: m.id})
-                    cf._enter(0)
+                    cf = _derive_values(work, to, {**wvals, REQUEST_ID: m.id})
+                    mc = cf._enter(0)
                     try:
                         # Run the handler up to its first suspension here: most messages
                         # finish without one, and need no interrupter. One that suspends
@@ -765,7 +765,8 @@ class Consumer:
                 if error is None:
                     attempt += 1
                     try:  # one call of the handler, under a fresh message context
-                        async with _derive_values(work, to, values) as mc:
+                        cf = _derive_values(work, to, values)
+                        async with Scope((cf._ctx, cf)) as mc:
                             if self._async:
                                 await self._handler(mc, m)  # type: ignore[misc]
                             else:

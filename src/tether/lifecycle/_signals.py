@@ -501,7 +501,8 @@ def signal_context(*signals: int, parent: Context = background()) -> SignalScope
         )
     # _derive directly (not with_cancel): the creation site recorded for leak reports
     # and LostCancelWarning is then the caller's line, not this one.
-    scope = _derive(parent, "signal_context", None, False, None)
+    cf = _derive(parent, "signal_context", None, False, None)
+    scope = Scope((cf._ctx, cf))
     q = _acquire_helper()
     entry = _Entry(scope[0], scope[1], q)
     try:
