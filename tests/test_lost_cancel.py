@@ -213,3 +213,93 @@ def test_not_emitted_at_interpreter_exit():
     proc = _run(code, "-X", "dev", "-W", "error::ResourceWarning")
     assert proc.returncode == 0, proc.stderr
     assert "LostCancelWarning" not in proc.stderr
+
+
+def _cyclic_generator(parent: tether.Context, holder: list[tether.Context], early: bool) -> None:
+    """A generator suspended before its `finally: cancel()`, made cyclic garbage: the
+    collector runs its finalizer (which cancels) in the same pass that drops the cancel
+    function, and finalizes the older object first. ``early``: the cancel function is
+    made before the generator (so it is finalized first, and its context is still live
+    when it is)."""
+
+    def gen(cancel: tether.CancelFunc | None):  # type: ignore[no-untyped-def]
+        if cancel is None:
+            ctx, cancel = tether.with_cancel(parent)
+            holder.append(ctx)
+        try:
+            yield
+        finally:
+            cancel()
+
+    if early:
+        ctx, cancel = tether.with_cancel(parent)
+        holder.append(ctx)
+        g = gen(cancel)
+        del cancel
+    else:
+        g = gen(None)
+    next(g)
+    cycle: list[object] = [g]
+    cycle.append(cycle)
+
+
+def test_no_warning_when_the_same_garbage_cancels_it():
+    # The cycle collector may finalize the cancel function before the generator whose
+    # `finally` calls it; the verdict waits for the end of the pass (it used to warn).
+    parent, cancel_parent = tether.with_cancel(bg())
+    made: list[tether.Context] = []
+    lost = Lost()
+    with lost:
+        for i in range(50):  # both finalization orders
+            _cyclic_generator(parent, made, early=i % 2 == 0)
+        gc.collect()
+    assert lost.lost == []
+    assert len(made) == 50
+    assert all(isinstance(c.err(), tether.Canceled) for c in made)
+    cancel_parent()
+
+
+def test_a_lost_cancel_in_cyclic_garbage_still_warns():
+    parent, cancel_parent = tether.with_cancel(bg())
+    lost = Lost()
+    with lost:
+        line = _line()
+        ctx, cancel = tether.with_cancel(parent)
+        cycle: list[object] = [cancel]
+        cycle.append(cycle)
+        del cancel, cycle
+        gc.collect()
+        [w] = lost.lost  # reported by the end of the collection that freed it
+    assert w.lineno == line
+    assert ctx.err() is None  # nothing cancelled it: a real leak
+    cancel_parent()
+
+
+def test_dropped_inside_a_critical_section_is_judged_when_it_ends():
+    # A finalizer that runs while this thread holds the tree lock (the collector, or a
+    # refcount drop in tether's own bookkeeping) has its cancel() deferred until the
+    # section ends; a cancel function dropped there is judged after that, not before.
+    from tether import _context
+
+    parent, cancel_parent = tether.with_cancel(bg())
+    lost = Lost()
+    with lost:
+        saved, cancel_saved = tether.with_cancel(parent)  # cancelled, late but surely
+        line = _line()
+        leaked, cancel_leaked = tether.with_cancel(parent)  # never cancelled
+        _context._LOCK.acquire()
+        try:
+            keep = cancel_saved
+            del cancel_saved, cancel_leaked  # (refcount: __del__ inside the section)
+            keep()  # re-entered: deferred until the section ends
+            del keep
+            assert lost.lost == []  # no verdict yet
+            assert saved.err() is None
+        finally:
+            _context._LOCK.release()
+        _context._run_deferred()  # what the section's owner does on leaving it
+        [w] = lost.lost
+    assert w.lineno == line
+    assert isinstance(saved.err(), tether.Canceled)
+    assert leaked.err() is None
+    cancel_parent()

@@ -57,6 +57,7 @@ The lock discipline (docs/design.md, "The core survives faults", explains why):
 
 from __future__ import annotations
 
+import gc
 import math
 import numbers
 import sys
@@ -123,6 +124,8 @@ _new = object.__new__
 _NO_VALUES: dict[Hashable, Any] = {}  # the values of a context without any; never written
 _getframe = sys._getframe
 _modules = sys.modules
+_gc_is_finalized = gc.is_finalized
+_gc_callbacks = gc.callbacks
 
 # The asyncio bridge, imported on first use so that `import tether` does not import
 # asyncio (a function-level import costs microseconds per call; this global does not).
@@ -1295,18 +1298,15 @@ class CancelFunc:
             and (c._pnode is not None or c._entry is not None)
             and not sys.is_finalizing()
         ):
-            filename, line = _site(self._code, self._lasti)
-            warnings.warn_explicit(
-                LostCancelWarning(
-                    f"tether: the cancel function of {c!r}, created at {filename}:{line}, "
-                    "was garbage-collected without being called; the context stays "
-                    "registered until its parent ends. Call cancel() on every path, or "
-                    "use `with`/`async with`."
-                ),
-                LostCancelWarning,
-                filename,
-                line,
-            )
+            collected = _gc_is_finalized(self)  # True only when the cycle collector calls
+            if collected or _rc():
+                # Freed by the cycle collector, or inside tether's own critical section:
+                # a finalizer of the same garbage (a generator's `finally: cancel()`) may
+                # yet cancel it, in either order, and perhaps deferred until that section
+                # ends. The verdict waits for both (_judge_lost).
+                _suspect_lost(c, self._code, self._lasti, not collected)
+                return
+            _warn_lost(c, self._code, self._lasti)
 
     def __repr__(self) -> str:
         return f"<tether.CancelFunc of {self._ctx!r}>"
@@ -1353,6 +1353,58 @@ def _site(code: CodeType, lasti: int) -> tuple[str, int]:
             line = ln
             break
     return code.co_filename, line
+
+
+def _warn_lost(c: Context, code: CodeType, lasti: int) -> None:
+    filename, line = _site(code, lasti)
+    warnings.warn_explicit(
+        LostCancelWarning(
+            f"tether: the cancel function of {c!r}, created at {filename}:{line}, "
+            "was garbage-collected without being called; the context stays "
+            "registered until its parent ends. Call cancel() on every path, or "
+            "use `with`/`async with`."
+        ),
+        LostCancelWarning,
+        filename,
+        line,
+    )
+
+
+# Cancel functions the cycle collector dropped while their context was live, judged at
+# the end of the pass (see CancelFunc.__del__).
+_suspects: list[tuple[Context, CodeType, int]] = []
+_gc_hooked = False
+
+
+def _suspect_lost(c: Context, code: CodeType, lasti: int, in_section: bool) -> None:
+    global _gc_hooked
+    if in_section:  # dropped by refcount inside a critical section: judge on leaving it
+        _defer(partial(_judge_lost, [(c, code, lasti)]))
+        return
+    if not _gc_hooked:  # dropped by the cycle collector: judge at the end of the pass
+        _gc_hooked = True
+        _gc_callbacks.append(_collected)
+    _suspects.append((c, code, lasti))
+
+
+def _collected(phase: str, info: dict[str, int]) -> None:
+    """gc callback (installed with the first suspect): judge what the pass dropped."""
+    if phase == "stop" and _suspects:
+        batch = _suspects[:]
+        del _suspects[: len(batch)]
+        if _rc() or _deferred:  # the pass ran inside a critical section, or cancels wait:
+            _defer(partial(_judge_lost, batch))  # after the cancels finalizers deferred
+        else:
+            _judge_lost(batch)
+
+
+def _judge_lost(batch: list[tuple[Context, CodeType, int]]) -> None:
+    for c, code, lasti in batch:
+        if c._err is None and (c._pnode is not None or c._entry is not None):
+            try:
+                _warn_lost(c, code, lasti)
+            except Exception:  # the warning turned into an error: nobody here to raise to
+                _log_exception("tether: a LostCancelWarning was raised as an error")
 
 
 class Scope(tuple[Context, CancelFunc]):
