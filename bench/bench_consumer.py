@@ -111,7 +111,7 @@ async def tether_consumer(
                 if acked >= n:
                     all_acked.set()
 
-        src = Counting(r, stream, "g", "c", block=0.1, claim_idle=None)
+        src = Counting(r, stream, "g", "c", block=0.1)
         c = lifecycle.Consumer(
             src, noop if threaded else anoop, concurrency=concurrency, prefetch=100
         )

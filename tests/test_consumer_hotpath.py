@@ -256,3 +256,47 @@ def test_extract_reports_its_values_to_observers_at_creation(created):
         assert ctx._c is None  # one owning node carries the values
     finally:
         cancel()
+
+
+def test_heartbeat_only_for_messages_in_flight_for_the_interval():
+    """``in_progress`` reaches a handler that runs past the heartbeat interval — its first
+    call between one and one and a half intervals after it started, then one per half
+    interval — and never a message handled in less (looks counted, no clock per
+    message)."""
+    every = 0.3
+    calls: list[tuple[str, float]] = []
+
+    class Beating(Queue):
+        async def in_progress(self, ctx: tether.Context, message: Message) -> None:
+            calls.append((message.id, asyncio.get_running_loop().time()))
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        started: dict[str, float] = {}
+
+        async def handler(ctx: tether.Context, msg: Message) -> None:
+            started[msg.id] = loop.time()
+            if msg.id == "m0":
+                await asyncio.sleep(4 * every)  # long: beaten
+            else:
+                await asyncio.sleep(every / 10)  # short: never beaten
+
+        q = Beating(20, heartbeat=every)
+        c = Consumer(q, handler, concurrency=2)
+        ctx, cancel = tether.with_cancel(tether.background())
+        task = asyncio.ensure_future(c.run(ctx))
+        try:
+            end = loop.time() + 10
+            while len(q.acked) < 20:
+                assert loop.time() < end, c.stats()
+                await asyncio.sleep(0.01)
+        finally:
+            cancel()
+        await task
+        assert {i for i, _ in calls} == {"m0"}
+        first = calls[0][1] - started["m0"]
+        assert every <= first <= 1.5 * every + 0.1, first  # (+0.1: a loaded machine)
+        # m0 ran 4 intervals: beaten once per half interval from then to its end (5-7)
+        assert 3 <= len(calls) <= 9, calls
+
+    asyncio.run(main())

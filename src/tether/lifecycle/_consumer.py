@@ -27,7 +27,6 @@ import asyncio
 import collections
 import logging
 import random
-import time
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
 from types import CoroutineType
@@ -427,7 +426,6 @@ class Consumer:
         self._n = _Counts()
         self._buffer: collections.deque[Message] = collections.deque()
         self._in_flight: dict[int, Message] = {}  # id(msg) -> msg, while its handler runs
-        self._started: dict[int, float] = {}  # id(msg) -> time.monotonic(), if heartbeat
         self._order: dict[Hashable, collections.deque[_Slot]] = {}
         self._slots: dict[int, _Slot] = {}
         self._blocked: set[Hashable] = set()
@@ -436,7 +434,6 @@ class Consumer:
         self._closing = False  # the flusher returns once the queue is empty
         self._closed = False  # the source is closing: nothing is acked any more
         self._low = max(1, self._prefetch // 2)  # fetch again below this many buffered
-        self._hb = source.heartbeat is not None
         self._root: Context | None = None
         self._have_work: asyncio.Event | None = None
         self._need_more: asyncio.Event | None = None
@@ -661,7 +658,7 @@ class Consumer:
         # The hot path (a coroutine handler's first attempt) is inlined here: it runs
         # once per message, and each call, frame and lookup shows in the throughput.
         inflight, to_ack, acks_queued = self._in_flight, self._to_ack, self._acks_queued
-        handler, to, hb = self._handler, self._timeout, self._hb
+        handler, to = self._handler, self._timeout
         assert acks_queued is not None
         fast = self._async and self._retry.max_deliveries is None
         ordered = self._source.ordered_acks
@@ -686,8 +683,6 @@ class Consumer:
                     continue
                 key = id(m)
                 inflight[key] = m
-                if hb:
-                    self._started[key] = time.monotonic()
                 try:  # the first attempt, under a fresh message context
                     # `with scope as mc:` spelled out (no Scope.__enter__/__exit__ frames):
                     # one node carries the deadline and the values, and is current inside
@@ -714,12 +709,9 @@ class Consumer:
                     continue
                 except BaseException:
                     del inflight[key]
-                    self._started.pop(key, None)
                     await _shielded(self._settle(root, m, "released", None, None))
                     raise
                 del inflight[key]
-                if hb:
-                    del self._started[key]
                 if self._closed:
                     await self._settle(root, m, "ack", None, None)  # logs it, acks nothing
                 elif ordered:
@@ -747,8 +739,6 @@ class Consumer:
         key = id(m)
         if first is None:
             self._in_flight[key] = m
-            if self._hb:
-                self._started[key] = time.monotonic()
         outcome = "released"
         error: BaseException | None = first
         delay: float | None = None
@@ -817,7 +807,6 @@ class Consumer:
                 error = None
         finally:
             del self._in_flight[key]
-            self._started.pop(key, None)
             if outcome == "ack" and not self._closed:  # the hot path: no suspension
                 if self._source.ordered_acks:
                     self._ordered_done(m, "ack")
@@ -1007,14 +996,26 @@ class Consumer:
             )
 
     async def _heartbeat(self, ctx: Context, every: float) -> None:
+        """``in_progress`` for each message in flight for ``every`` seconds or more.
+
+        It looks every ``every / 2`` seconds, and a message seen in flight three times in
+        a row has been for at least ``every``: its first call comes between ``every``
+        and ``1.5 * every`` after its handler started, then one per look. Counting looks
+        rather than reading the clock per message keeps the worker's hot path free of
+        it (a clock read and two dict operations per message, ~1.7 % of Q1).
+        """
         src = self._source
+        seen: dict[int, tuple[Message, int]] = {}  # id(msg) -> (msg, looks in a row)
         while True:
             await asyncio.sleep(every / 2)
-            now = time.monotonic()
-            for key, started in list(self._started.items()):
-                m = self._in_flight.get(key)
-                if m is None or now - started < every:
-                    continue
+            now_seen: dict[int, tuple[Message, int]] = {}
+            for key, m in self._in_flight.items():
+                prev = seen.get(key)
+                now_seen[key] = (m, prev[1] + 1 if prev is not None and prev[0] is m else 1)
+            seen = now_seen
+            for key, (m, looks) in list(seen.items()):
+                if looks < 3 or self._in_flight.get(key) is not m:  # (may have finished
+                    continue  # while an earlier in_progress was awaited)
                 with self._fresh(ctx) as hctx:
                     try:
                         await src.in_progress(hctx, m)
