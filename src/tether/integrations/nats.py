@@ -19,8 +19,9 @@ How each consumer duty maps onto JetStream:
 - ack: ``Msg.ack()`` for each message of the batch, then one ``flush`` (a PING/PONG
   round trip), so a returned ``ack`` means the server has every ack.
 - release: ``Msg.nak(delay)``: redelivered at once, or after the retry delay.
-- heartbeat: ``Msg.in_progress()`` every ``ack_wait / 3`` seconds while a handler runs,
-  so a long handler is not redelivered to another consumer meanwhile.
+- heartbeat: ``Msg.in_progress()`` once a handler has run ``ack_wait / 3`` seconds (by
+  ``ack_wait / 2`` at the latest), then every ``ack_wait / 6`` while it runs, so a long
+  handler is not redelivered to another consumer meanwhile.
 - dead_letter: ``JetStream.publish`` to the dead-letter subject (headers
   ``Tether-Error``, ``Tether-Id``, ``Tether-Subject``, plus the message's own), awaiting
   the stream's ack, then ``Msg.ack()``. The subject must belong to a stream (else

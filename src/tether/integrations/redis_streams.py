@@ -20,9 +20,10 @@ How each consumer duty maps onto Redis:
   ``XREADGROUP ... > BLOCK``. ``deliveries`` is read with ``XPENDING`` for recovered
   and claimed entries (new ones are on their first delivery).
 - ack: one ``XACK`` per batch. release: nothing: the entry stays pending and is
-  recovered as above. heartbeat: every ``claim_idle / 3`` seconds a message whose
-  handler still runs is ``XCLAIM``-ed by its own consumer (``JUSTID``), which resets its
-  idle time so nobody claims it from under a long handler.
+  recovered as above. heartbeat: a message whose handler has run ``claim_idle / 3``
+  seconds (``claim_idle / 2`` at the latest), and then every ``claim_idle / 6``, is
+  ``XCLAIM``-ed by its own consumer (``JUSTID``), which resets its idle time so nobody
+  claims it from under a long handler.
 - dead_letter: ``XADD`` to the dead-letter stream (the entry's fields plus
   ``tether.error``, ``tether.id``, ``tether.stream``, ``tether.group``) and ``XACK``,
   in one ``MULTI``/``EXEC`` transaction.

@@ -106,9 +106,9 @@ class Source(Protocol):
 
     ``name`` names it in logs. ``ordered_acks`` is ``True`` when an ack of a message
     acknowledges every earlier one of its partition (Kafka offsets): the consumer then
-    acks in delivery order. ``heartbeat`` is the interval, in seconds, at which the
-    consumer calls ``in_progress`` for each message whose handler still runs (``None``:
-    never).
+    acks in delivery order. ``heartbeat`` is how long, in seconds, a handler may run
+    before the consumer calls ``in_progress`` for its message (by ``1.5 * heartbeat`` at
+    the latest), and again every ``heartbeat / 2`` while it runs (``None``: never).
 
     Every method is a coroutine run on the consumer's event loop, one call at a time
     per method except ``in_progress``/``release``; each receives a context whose end it
