@@ -66,11 +66,14 @@ class LostCancelWarning(ResourceWarning):
     The context was still live, so it stays registered with its parent (and in the
     timer heap, if it has a deadline) until the parent ends or the deadline fires: the
     run-time form of Go's ``go vet`` *lostcancel* check. The warning's location is the
-    line that created the context. Unlike other ``ResourceWarning``s it is shown by
-    default: ``import tether`` adds a "default" filter for it just ahead of Python's own
-    "ignore ``ResourceWarning``" filter, unless warning options were given (``-W``,
-    ``PYTHONWARNINGS``) or the filters were already changed; filters set later, by
-    code or ``-W ignore::ResourceWarning``, take precedence.
+    line that created the context. A cancel function freed by the cycle collector (say,
+    with a generator suspended inside its block) is judged at the end of that
+    collection, once every finalizer of the same garbage has run: if one of them
+    cancelled the context, nothing is reported. Unlike other ``ResourceWarning``s it is
+    shown by default: ``import tether`` adds a "default" filter for it just ahead of
+    Python's own "ignore ``ResourceWarning``" filter, unless warning options were given
+    (``-W``, ``PYTHONWARNINGS``) or the filters were already changed; filters set later,
+    by code or ``-W ignore::ResourceWarning``, take precedence.
 
     Added in 0.1.
     """
