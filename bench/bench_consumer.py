@@ -14,6 +14,8 @@ ratio is tether's best over the peer's best. Rows:
 - Q2  ``Consumer`` with concurrency 8 vs the same loop                   (no target)
 - Q3  ``Consumer`` with a plain-function handler (run by ``tether.to_thread``), vs the
       loop calling ``asyncio.to_thread`` per entry                     (no target)
+- Q4  both with a coroutine handler that suspends once (``await asyncio.sleep(0)``), as
+      one doing I/O does: messages then finish one loop iteration apart (no target)
 
 What the Consumer does per message that the loop does not: a context with its own
 deadline and ``REQUEST_ID``, an ``async with`` scope that can interrupt the handler,
@@ -56,12 +58,16 @@ async def anoop(ctx: Any, msg: Any) -> None:
     pass
 
 
+async def aio(ctx: Any, msg: Any) -> None:
+    await asyncio.sleep(0)  # suspends once, as a handler doing I/O does
+
+
 def noop(ctx: Any, msg: Any) -> None:
     pass
 
 
 async def hand_loop(
-    url: str, stream: str, n: int, threaded: bool, *, filled: bool = False
+    url: str, stream: str, n: int, threaded: bool, *, filled: bool = False, suspend: bool = False
 ) -> tuple[float, float]:
     import redis.asyncio as aioredis
 
@@ -79,6 +85,8 @@ async def hand_loop(
             for e in entries:
                 if threaded:
                     await asyncio.to_thread(noop, None, e)
+                elif suspend:
+                    await aio(None, e)
                 else:
                     await anoop(None, e)
             await r.xack(stream, "g", *[e[0] for e in entries])
@@ -90,7 +98,14 @@ async def hand_loop(
 
 
 async def tether_consumer(
-    url: str, stream: str, n: int, concurrency: int, threaded: bool, *, filled: bool = False
+    url: str,
+    stream: str,
+    n: int,
+    concurrency: int,
+    threaded: bool,
+    *,
+    filled: bool = False,
+    suspend: bool = False,
 ) -> tuple[float, float]:
     import redis.asyncio as aioredis
 
@@ -113,7 +128,10 @@ async def tether_consumer(
 
         src = Counting(r, stream, "g", "c", block=0.1)
         c = lifecycle.Consumer(
-            src, noop if threaded else anoop, concurrency=concurrency, prefetch=100
+            src,
+            noop if threaded else aio if suspend else anoop,
+            concurrency=concurrency,
+            prefetch=100,
         )
         ctx, cancel = tether.with_cancel(tether.background())
         t0, c0 = time.perf_counter(), time.process_time()
@@ -133,12 +151,13 @@ async def measure(
     url: str, n: int, repeats: int, only: set[str] | None = None
 ) -> list[dict[str, Any]]:
     rows = [
-        ("Q1", "Consumer concurrency=1 vs XREADGROUP/XACK loop", 1, False, 0.80),
-        ("Q2", "Consumer concurrency=8 vs XREADGROUP/XACK loop", 8, False, None),
-        ("Q3", "Consumer sync handler (to_thread) vs loop + asyncio.to_thread", 1, True, None),
+        ("Q1", "Consumer concurrency=1 vs XREADGROUP/XACK loop", 1, False, False, 0.80),
+        ("Q2", "Consumer concurrency=8 vs XREADGROUP/XACK loop", 8, False, False, None),
+        ("Q3", "Consumer sync handler (to_thread) vs loop + to_thread", 1, True, False, None),
+        ("Q4", "Consumer, a handler that suspends once, vs the loop", 1, False, True, None),
     ]
     out = []
-    for rid, what, conc, threaded, target in rows:
+    for rid, what, conc, threaded, suspend, target in rows:
         if only is not None and rid not in only:
             continue
         ours: list[float] = []
@@ -148,10 +167,12 @@ async def measure(
         m = n // 4 if threaded else n
         for _ in range(repeats):
             tag = uuid.uuid4().hex[:8]
-            rate, cpu = await hand_loop(url, f"bench.{tag}.p", m, threaded)
+            rate, cpu = await hand_loop(url, f"bench.{tag}.p", m, threaded, suspend=suspend)
             peer.append(rate)
             peer_cpu.append(cpu)
-            rate, cpu = await tether_consumer(url, f"bench.{tag}.t", m, conc, threaded)
+            rate, cpu = await tether_consumer(
+                url, f"bench.{tag}.t", m, conc, threaded, suspend=suspend
+            )
             ours.append(rate)
             ours_cpu.append(cpu)
         row = {
@@ -240,7 +261,7 @@ def main() -> None:
     ap.add_argument("--url", default="redis://127.0.0.1:6379/0")
     ap.add_argument("--messages", type=int, default=None)
     ap.add_argument("--repeats", type=int, default=None)
-    ap.add_argument("--only", default="Q1,Q2,Q3", help="rows to run, comma-separated")
+    ap.add_argument("--only", default="Q1,Q2,Q3,Q4", help="rows to run, comma-separated")
     ap.add_argument(
         "--instr",
         action="store_true",

@@ -29,7 +29,7 @@ def test_bench_consumer_quick(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "Summary" in proc.stdout
     rows = {r["id"]: r for r in json.loads(out.read_text())["rows"]}
-    assert set(rows) == {"Q1", "Q2", "Q3"}
+    assert set(rows) == {"Q1", "Q2", "Q3", "Q4"}
     for r in rows.values():
         assert r["tether"] > 0
         assert r["peer"] > 0

@@ -235,12 +235,64 @@ def test_acks_reach_the_broker_while_running_when_the_flush_is_slow():
             await asyncio.sleep(0)  # some suspend: both first-step outcomes interleave
 
     async def main() -> None:
-        c = Consumer(q, handler, prefetch=50)
+        c = Consumer(q, handler, prefetch=50, ack_linger=0)  # (no linger: flush at once)
         await run_consumer_until(c, lambda: len(q.acked) == 500)
 
     asyncio.run(main())
     assert sorted(q.acked) == sorted(f"m{i}" for i in range(500))  # each once
     assert 1 < len(q.ack_calls) < 500  # batched while a flush was in flight
+
+
+def test_acks_linger_to_share_a_round_trip_and_the_stop_does_not_wait_for_it():
+    """Handlers that suspend (as any doing I/O does) finish one at a time; the flusher
+    waits ``ack_linger`` for more before it acks, so a run takes a few ack calls rather
+    than one per message. The stop flushes at once, however long the linger."""
+    q = Queue(300)
+    loop_times: list[float] = []
+
+    async def handler(ctx: tether.Context, msg: Message) -> None:
+        await asyncio.sleep(0.0005)  # a little I/O
+        loop_times.append(asyncio.get_running_loop().time())
+
+    async def main() -> None:
+        c = Consumer(q, handler, prefetch=50, ack_linger=0.05)
+        await run_consumer_until(c, lambda: len(q.acked) == 300)
+
+    asyncio.run(main())
+    assert sorted(q.acked) == sorted(f"m{i}" for i in range(300))
+    took = loop_times[-1] - loop_times[0]
+    # one call per linger (plus the first), not one per message
+    assert len(q.ack_calls) <= took / 0.05 + 3, (len(q.ack_calls), took)
+
+    q2 = Queue(5)
+    handled = asyncio.Event()
+
+    async def quick(ctx: tether.Context, msg: Message) -> None:
+        if msg.id == "m4":
+            handled.set()
+
+    async def stop_soon() -> float:
+        c = Consumer(q2, quick, ack_linger=30.0)
+        ctx, cancel = tether.with_cancel(tether.background())
+        task = asyncio.ensure_future(c.run(ctx))
+        await asyncio.wait_for(handled.wait(), 10)
+        await asyncio.sleep(0.01)
+        assert q2.acked == []  # lingering
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        cancel()
+        s = await task
+        assert s.acked == 5
+        return loop.time() - t0
+
+    assert asyncio.run(stop_soon()) < 1.0
+    assert sorted(q2.acked) == [f"m{i}" for i in range(5)]
+
+
+@pytest.mark.parametrize("bad", [-0.1, float("nan"), "1"])
+def test_ack_linger_must_be_a_non_negative_number(bad):
+    with pytest.raises((TypeError, ValueError), match=r"^tether: .*ack_linger"):
+        Consumer(Queue(1), lambda ctx, m: None, ack_linger=bad)
 
 
 def test_extract_reports_its_values_to_observers_at_creation(created):
