@@ -33,8 +33,10 @@ from types import CoroutineType
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from .._context import (
+    CancelFunc,
     Context,
     Scope,
+    _current,
     _derive_values,
     after_func,
     cause,
@@ -706,12 +708,12 @@ class Consumer:
                         # finishes inside `async with`, which interrupts it when mc ends.
                         coro: Any = handler(mc, m)
                         if type(coro) is not coroutine:  # another awaitable
-                            await _resume_in_scope(mc, coro, _START)
+                            await _resume_in_scope(cf, coro, _START)
                         else:
                             # next() with a default: a return raises no StopIteration
                             step = next(coro.__await__(), _RETURNED)
                             if step is not _RETURNED:
-                                await _resume_in_scope(mc, coro, step)
+                                await _resume_in_scope(cf, coro, step)
                     finally:
                         cf._exit()
                 except Exception as e:
@@ -1112,9 +1114,15 @@ _START = object()  # _resume_in_scope: the awaitable has not started yet
 _RETURNED = object()  # Consumer._worker: the handler's coroutine returned at its first step
 
 
-async def _resume_in_scope(ctx: Context, coro: Any, step: Any) -> None:
-    """Finish ``coro`` (suspended at ``step``) inside ``async with with_cancel(ctx)``."""
-    async with with_cancel(ctx):
+async def _resume_in_scope(cf: CancelFunc, coro: Any, step: Any) -> None:
+    """Finish ``coro`` (suspended at ``step``) inside ``async with`` of the message's own
+    scope: the worker entered it with a plain ``with`` for the first step; it is left
+    (``current()`` restored, the context still live) and entered again as an ``async
+    with``, which registers the interrupter — no second context for the rest. The
+    worker's ``cf._exit()`` afterwards finds it ended and only restores ``current()``."""
+    _current.set(cf._prev)
+    cf._state = 0
+    async with Scope((cf._ctx, cf)):
         if step is _START:
             await coro
         else:
