@@ -1298,15 +1298,15 @@ class CancelFunc:
             and (c._pnode is not None or c._entry is not None)
             and not sys.is_finalizing()
         ):
-            collected = _gc_is_finalized(self)  # True only when the cycle collector calls
-            if collected or _rc():
-                # Freed by the cycle collector, or inside tether's own critical section:
-                # a finalizer of the same garbage (a generator's `finally: cancel()`) may
-                # yet cancel it, in either order, and perhaps deferred until that section
-                # ends. The verdict waits for both (_judge_lost).
-                _suspect_lost(c, self._code, self._lasti, not collected)
-                return
-            _warn_lost(c, self._code, self._lasti)
+            # A finalizer of the same garbage (a generator's `finally: cancel()`) may yet
+            # cancel it, in either order, and perhaps deferred until the critical section
+            # it runs in ends: then the verdict waits (_judge_lost).
+            if _gc_is_finalized(self):  # true only when the cycle collector calls
+                _suspect_lost(c, self._code, self._lasti)  # judged at the pass's end
+            elif _rc():  # inside tether's own critical section: judged when it ends
+                _defer(partial(_judge_lost, [(c, self._code, self._lasti)]))
+            else:
+                _warn_lost(c, self._code, self._lasti)
 
     def __repr__(self) -> str:
         return f"<tether.CancelFunc of {self._ctx!r}>"
@@ -1334,6 +1334,13 @@ class CancelFunc:
         c = self._ctx
         if c._err is None or drop is not None:
             _cancel(c, Canceled(), None, drop)
+
+    def _leave(self) -> None:
+        """Undo ``_enter(0)`` without ending the context: ``current()`` restored, and the
+        scope can be entered again (the consumer enters a message's scope as ``async
+        with`` once its handler suspends)."""
+        _current.set(self._prev)
+        self._state = 0
 
     def _interrupt(self) -> None:
         """On the task's loop: cancel the task if its `async with` block is still active."""
@@ -1376,12 +1383,9 @@ _suspects: list[tuple[Context, CodeType, int]] = []
 _gc_hooked = False
 
 
-def _suspect_lost(c: Context, code: CodeType, lasti: int, in_section: bool) -> None:
+def _suspect_lost(c: Context, code: CodeType, lasti: int) -> None:
     global _gc_hooked
-    if in_section:  # dropped by refcount inside a critical section: judge on leaving it
-        _defer(partial(_judge_lost, [(c, code, lasti)]))
-        return
-    if not _gc_hooked:  # dropped by the cycle collector: judge at the end of the pass
+    if not _gc_hooked:
         _gc_hooked = True
         _gc_callbacks.append(_collected)
     _suspects.append((c, code, lasti))

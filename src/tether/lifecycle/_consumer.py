@@ -32,11 +32,11 @@ from dataclasses import dataclass
 from types import CoroutineType
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
+from .._aio import _FutureWaiter
 from .._context import (
     CancelFunc,
     Context,
     Scope,
-    _current,
     _derive_values,
     after_func,
     cause,
@@ -441,7 +441,7 @@ class Consumer:
         self._to_ack: list[Message] = []  # acks to send, in order
         self._not_counted: set[int] = set()  # id() of dead-lettered ones among them
         self._closing = False  # the flusher returns once the queue is empty
-        self._lingering: asyncio.Future[None] | None = None  # the flusher's linger, if any
+        self._end_linger: Callable[[], None] = _nothing  # ends the flusher's linger now
         self._closed = False  # the source is closing: nothing is acked any more
         self._low = max(1, self._prefetch // 2)  # fetch again below this many buffered
         self._root: Context | None = None
@@ -560,8 +560,7 @@ class Consumer:
             await self._release_buffer(ctx)
             self._closing = True  # the flusher sends what is queued, then returns
             self._acks_queued.set()
-            if self._lingering is not None and not self._lingering.done():
-                self._lingering.set_result(None)  # no more lingering: flush now
+            self._end_linger()  # no more lingering: flush now
             await self._stop_tasks(ctx, helpers[:1], force=False)
             await self._stop_tasks(ctx, helpers[1:])
             await _shielded(self._flush(ctx))  # (normally nothing is left by now)
@@ -956,14 +955,14 @@ class Consumer:
                 # Let the acks of the next messages join this one's round trip: a
                 # handler that suspends (any real I/O) would otherwise cost an ack
                 # round trip per message. The stop cuts it short.
-                loop = asyncio.get_running_loop()
-                self._lingering = fut = loop.create_future()
-                timer = loop.call_later(linger, _resolve, fut)
+                fut = asyncio.get_running_loop().create_future()
+                self._end_linger = end = _FutureWaiter(fut)
+                timer = fut.get_loop().call_later(linger, end)
                 try:
                     await fut
                 finally:
                     timer.cancel()
-                    self._lingering = None
+                    self._end_linger = _nothing
             self._acks_queued.clear()
             if self._closing:
                 await _shielded(self._flush(ctx))
@@ -1097,11 +1096,6 @@ def _work_scope(ctx: Context) -> tuple[Scope, Callable[[], object]]:
     return scope, after_func(drain, end)
 
 
-def _resolve(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
-
-
 def _nothing() -> None:
     pass
 
@@ -1120,8 +1114,7 @@ async def _resume_in_scope(cf: CancelFunc, coro: Any, step: Any) -> None:
     (``current()`` restored, the context still live) and entered again as an ``async
     with``, which registers the interrupter — no second context for the rest. The
     worker's ``cf._exit()`` afterwards finds it ended and only restores ``current()``."""
-    _current.set(cf._prev)
-    cf._state = 0
+    cf._leave()
     async with Scope((cf._ctx, cf)):
         if step is _START:
             await coro
